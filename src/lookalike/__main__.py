@@ -1,0 +1,5 @@
+"""``python -m lookalike`` runs the command line."""
+
+from lookalike.cli import app
+
+app()

@@ -1,0 +1,248 @@
+"""The ``lookalike`` command line: one thin function per command over the Collection API.
+
+Human-readable output goes to the terminal, progress bars to stderr, and ``--json`` prints
+machine-readable JSON on stdout (``search --json``: one object per query per line, a public
+contract: ``{"query": ..., "results": [{"path", "score", "id", ...}]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from lookalike.collection import DEFAULT_INDEX, DEFAULT_MODEL, Collection, CollectionError
+from lookalike.images import ImageError
+from lookalike.models import ModelError
+
+app = typer.Typer(
+    help="lookalike: reverse image search. Index a folder, then find the images that look like "
+    "a query.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def default_collection() -> Path:
+    """``$LOOKALIKE_COLLECTION``, else a per-user data folder."""
+    env = os.environ.get("LOOKALIKE_COLLECTION")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("lookalike")) / "default"
+
+
+CollectionOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--collection",
+        "-c",
+        help="Collection folder [default: $LOOKALIKE_COLLECTION or a per-user data folder].",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn expected failures into a one-line message and exit code 1."""
+    try:
+        yield
+    except (CollectionError, ModelError, ImageError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (recursively) or image files.")],
+    collection: CollectionOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help=f"Model for a new collection [{DEFAULT_MODEL}].")
+    ] = None,
+    index_kind: Annotated[
+        str, typer.Option("--index", help="Index kind for a new collection.")
+    ] = DEFAULT_INDEX,
+    batch_size: Annotated[int, typer.Option(help="Images per batch through the model.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index images: new and changed files are embedded, removed ones dropped."""
+    path = collection or default_collection()
+    with _errors(), Collection.open(path, create=True, model=model, index=index_kind) as col:
+        folders_ = [f for f in folders if f.is_dir()]
+        files = [f for f in folders if not f.is_dir()]
+        with _progress_bar("indexing") as bar:
+            report = col.sync(folders_, progress=bar, batch_size=batch_size, workers=workers)
+            if files:
+                more = col.add(files, progress=bar, batch_size=batch_size, workers=workers)
+                _merge(report, more)
+        total = len(col)
+    if as_json:
+        print(json.dumps({"collection": str(path), "images": total, **report.to_dict()}))
+    else:
+        _print_report(report, path, total)
+    if report.interrupted:
+        err.print("[yellow]interrupted[/yellow]: what was indexed is saved; run again to resume")
+        raise typer.Exit(130)
+
+
+def _merge(report, more) -> None:
+    for name in ("added", "updated", "unchanged", "removed", "seconds"):
+        setattr(report, name, getattr(report, name) + getattr(more, name))
+    report.duplicates += more.duplicates
+    report.skipped += more.skipped
+    report.interrupted |= more.interrupted
+
+
+def _print_report(report, path: Path, total: int) -> None:
+    out.print(
+        f"[bold]{path}[/bold]: {total} images. This run: added {report.added}, "
+        f"updated {report.updated}, unchanged {report.unchanged}, removed {report.removed}, "
+        f"duplicates {len(report.duplicates)}, skipped {len(report.skipped)} "
+        f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
+    )
+    for dup, original in report.duplicates[:20]:
+        out.print(f"  duplicate  {dup}  (same content as {original})")
+    for skipped, reason in report.skipped:
+        out.print(f"  [yellow]skipped[/yellow]    {skipped}: {reason}")
+
+
+@app.command()
+def search(
+    images: Annotated[list[Path], typer.Argument(help="Query images.")],
+    collection: CollectionOpt = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="Results per query.")] = 10,
+    as_json: JsonOpt = False,
+    grid: Annotated[Path | None, typer.Option(help="Write a picture of the results (PNG).")] = None,
+) -> None:
+    """Find the indexed images most similar to each query image."""
+    path = collection or default_collection()
+    with _errors(), Collection.open(path) as col:
+        answers = []
+        readable = []
+        for image in images:
+            try:
+                vector = col.embed([image])  # one query failing must not sink the others
+                answers.append((image, vector, None))
+                readable.append(image)
+            except (ImageError, OSError) as exc:
+                answers.append((image, None, getattr(exc, "reason", None) or str(exc)))
+        failed = False
+        shown = []
+        for image, vector, problem in answers:
+            if problem is not None:
+                failed = True
+                if as_json:
+                    print(json.dumps({"query": str(image), "results": [], "error": problem}))
+                else:
+                    err.print(f"[red]error:[/red] {image}: {problem}")
+                continue
+            results = col.search_vectors(vector, k)[0]
+            shown.append((str(image), results))
+            if as_json:
+                print(json.dumps({"query": str(image), "results": [r.to_dict() for r in results]}))
+            else:
+                _print_results(str(image), results)
+        if grid is not None and shown:
+            from lookalike.grid import search_grid
+
+            err.print(f"grid written to {search_grid(shown, grid)}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_results(query: str, results: list) -> None:
+    table = Table(title=f"query: {query}", title_justify="left", show_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("path")
+    for rank, r in enumerate(results, 1):
+        table.add_row(str(rank), f"{r.score:.4f}", str(r.id), r.path)
+    out.print(table)
+
+
+@app.command()
+def info(collection: CollectionOpt = None, as_json: JsonOpt = False) -> None:
+    """Describe a collection: model, index, counts, size on disk."""
+    path = collection or default_collection()
+    with _errors(), Collection.open(path) as col:
+        data = col.info()
+    if as_json:
+        print(json.dumps(data))
+        return
+    for key, value in data.items():
+        out.print(f"[bold]{key:>15}[/bold]  {value}")
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget.")],
+    collection: CollectionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove files (or everything under folders) from a collection; the files stay on disk."""
+    path = collection or default_collection()
+    with _errors(), Collection.open(path) as col:
+        removed = col.remove(paths)
+        total = len(col)
+    if as_json:
+        print(json.dumps({"removed": removed, "images": total}))
+    else:
+        out.print(f"removed {removed} files; {total} images left")
+
+
+@app.command()
+def models() -> None:
+    """List the available models."""
+    from lookalike.models import available
+
+    for name in available():
+        out.print(name)
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

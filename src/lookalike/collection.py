@@ -1,0 +1,582 @@
+"""The Collection: the one object every front end talks to.
+
+A collection is a folder::
+
+    manifest.json        format version, model (name, version, dim), index kind
+    catalogue.sqlite     images, files, metadata and every vector (the source of truth)
+    index/image.faiss    the vector index: a cache, rebuilt from the catalogue when stale
+    index/image.json     the catalogue generation the index was saved at
+
+Writes go to the catalogue first, one transaction per batch; the index is saved atomically at the
+end of a run. A run killed at any moment therefore leaves a valid collection: the next open sees
+that the saved index is behind the catalogue and rebuilds it from the stored vectors, and the next
+``add``/``sync`` skips every file already committed.
+
+Example:
+    >>> from lookalike import Collection
+    >>> with Collection.open("photos.lookalike", create=True) as col:  # doctest: +SKIP
+    ...     report = col.sync(["~/Pictures"])
+    ...     for hit in col.search("query.jpg", k=5):
+    ...         print(f"{hit.score:.3f} {hit.path}")
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lookalike import ingest
+from lookalike.images import decode
+from lookalike.index import VectorIndex, create_index, load_index
+from lookalike.models import Embedder, load_embedder
+from lookalike.store import FileState, NewImage, SQLiteCatalogue
+
+#: Version of the folder layout and manifest; see ``_upgrade_manifest`` for older ones.
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_INDEX = "flat"
+#: The space of the collection's main (semantic) descriptor.
+IMAGE_SPACE = "image"
+
+Progress = Callable[[int, int], None]
+Query = str | Path | bytes | Image.Image | np.ndarray
+
+
+class CollectionError(RuntimeError):
+    """A collection cannot be created, opened or written (the message says what to do)."""
+
+
+@dataclass
+class SearchResult:
+    """One hit: the image id, its first file, cosine similarity, and what else is known."""
+
+    id: int
+    path: str
+    score: float
+    paths: tuple[str, ...] = ()
+    width: int = 0
+    height: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON form: ``path``, ``score``, ``id`` (the public contract) and extras."""
+        out = {"path": self.path, "score": round(float(self.score), 6), "id": self.id}
+        if len(self.paths) > 1:
+            out["duplicates"] = list(self.paths[1:])
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+@dataclass
+class IndexReport:
+    """What an ``add`` or ``sync`` did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def embedded(self) -> int:
+        """Images that went through the network in this run."""
+        return self.added + self.updated
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["duplicates"] = [{"path": p, "same_as": o} for p, o in self.duplicates]
+        out["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        out["images_per_second"] = round(self.images_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+class Collection:
+    """A searchable set of images stored in one folder.
+
+    Open or create one with :meth:`open`; add images with :meth:`add` or :meth:`sync`; query with
+    :meth:`search`. A collection is bound to the model it was built with.
+    """
+
+    def __init__(self, path: Path, manifest: dict, embedder: Embedder | None = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.catalogue = SQLiteCatalogue(path / "catalogue.sqlite")
+        self._embedder = embedder
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+        self._lock = threading.RLock()
+
+    # -- opening ----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        model: str = DEFAULT_MODEL,
+        index: str = DEFAULT_INDEX,
+        embedder: Embedder | None = None,
+    ) -> Collection:
+        """Create an empty collection in ``path`` (a new or empty folder)."""
+        path = Path(path).expanduser()
+        if (path / "manifest.json").exists():
+            raise CollectionError(f"{path} already holds a collection")
+        embedder = embedder or load_embedder(model)
+        create_index(index, embedder.dim)  # fail now on an unknown kind, not at first search
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": "lookalike-collection",
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {"name": embedder.name, "version": embedder.version, "dim": embedder.dim},
+            "index": {"kind": index},
+        }
+        _write_json(path / "manifest.json", manifest)
+        return cls(path, manifest, embedder)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        create: bool = False,
+        model: str | None = None,
+        index: str = DEFAULT_INDEX,
+        embedder: Embedder | None = None,
+    ) -> Collection:
+        """Open the collection in ``path``; with ``create=True`` make it if it does not exist.
+
+        Raises:
+            CollectionError: not a collection, written by a newer lookalike, or ``model`` is not
+                the model the collection was built with.
+        """
+        path = Path(path).expanduser()
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            if create:
+                return cls.create(
+                    path, model=model or DEFAULT_MODEL, index=index, embedder=embedder
+                )
+            raise CollectionError(
+                f"no collection at {path}: create one with `lookalike index FOLDER "
+                f"--collection {path}`"
+            )
+        manifest = _upgrade_manifest(json.loads(manifest_path.read_text()), path)
+        built_with = manifest["model"]["name"]
+        if model is not None and model != built_with:
+            raise CollectionError(
+                f"{path} was built with model {built_with!r}, not {model!r}; use another "
+                "--collection folder for another model"
+            )
+        if embedder is not None and embedder.name != built_with:
+            raise CollectionError(f"{path} was built with {built_with!r}, not {embedder.name!r}")
+        return cls(path, manifest, embedder)
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dim"])
+
+    @property
+    def embedder(self) -> Embedder:
+        """The collection's model, loaded on first use and checked against the manifest."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.model_name)
+        stored = self.manifest["model"]["version"]
+        if self._embedder.version != stored:
+            raise CollectionError(
+                f"{self.path} holds vectors of {stored!r} but this lookalike computes "
+                f"{self._embedder.version!r}; rebuild it: `lookalike index FOLDER --collection "
+                "NEW_DIR` (the old folder keeps working with the lookalike that made it)"
+            )
+        return self._embedder
+
+    # -- the index (a cache of the catalogue) -------------------------------------------------
+    @property
+    def _index_file(self) -> Path:
+        return self.path / "index" / f"{IMAGE_SPACE}.faiss"
+
+    def index(self) -> VectorIndex:
+        """The vector index, loaded or rebuilt so that it agrees with the catalogue."""
+        with self._lock:
+            generation = self.catalogue.generation()
+            if self._index is not None and self._index_generation == generation:
+                return self._index
+            kind = self.manifest["index"]["kind"]
+            state_file = self._index_file.with_suffix(".json")
+            if self._index_file.exists() and state_file.exists():
+                saved = json.loads(state_file.read_text())
+                if saved.get("generation") == generation:
+                    self._index = load_index(kind, self._index_file)
+                    self._index_generation = generation
+                    return self._index
+            self._index = self._rebuild_index(kind)
+            self._index_generation = generation
+            return self._index
+
+    def _rebuild_index(self, kind: str) -> VectorIndex:
+        index = create_index(kind, self.dim)
+        for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
+            index.add(ids, vectors)
+        return index
+
+    def _save_index(self) -> None:
+        if self._index is None:
+            return
+        generation = self.catalogue.generation()
+        self._index.save(self._index_file)
+        _write_json(
+            self._index_file.with_suffix(".json"),
+            {"generation": generation, "count": len(self._index), "kind": self._index.kind},
+        )
+        self._index_generation = generation
+
+    # -- writing ----------------------------------------------------------------------------
+    def add(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ) -> IndexReport:
+        """Add image files, and every image under folders, skipping files already indexed.
+
+        Changed files are re-embedded; files whose content is already stored are linked to it
+        (reported in ``duplicates``); unreadable files are reported in ``skipped``.
+        """
+        files = _expand(paths)
+        return self._index_files(files, set(), progress, batch_size, workers)
+
+    def sync(
+        self,
+        folders: Iterable[str | Path],
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ) -> IndexReport:
+        """Make the collection match ``folders``: add new and changed files, drop removed ones."""
+        folders = [Path(f).expanduser().resolve() for f in folders]
+        for folder in folders:
+            if not folder.exists():
+                raise CollectionError(f"no such folder: {folder}")
+        files = _expand(folders)
+        prefixes = tuple(str(f) + os.sep if f.is_dir() else str(f) for f in folders)
+        return self._index_files(files, set(prefixes), progress, batch_size, workers)
+
+    def _index_files(
+        self,
+        files: list[str],
+        prune_prefixes: set[str],
+        progress: Progress | None,
+        batch_size: int,
+        workers: int | None,
+    ) -> IndexReport:
+        with _WriteLock(self.path), self._lock:
+            return _Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1)).run(
+                files, prune_prefixes, progress
+            )
+
+    def remove(self, paths: Iterable[str | Path]) -> int:
+        """Forget files (or every file under a folder); returns the number of files removed."""
+        targets = [str(Path(p).expanduser().resolve()) for p in paths]
+        with _WriteLock(self.path), self._lock:
+            known = self.catalogue.file_states()
+            doomed = [
+                p
+                for p in known
+                if any(p == t or p.startswith(t.rstrip(os.sep) + os.sep) for t in targets)
+            ]
+            index = self.index()
+            orphans = self.catalogue.remove_files(doomed)
+            index.remove(np.asarray(orphans, dtype=np.int64))
+            self._index_generation = self.catalogue.generation()
+            self._save_index()
+            return len(doomed)
+
+    # -- reading ----------------------------------------------------------------------------
+    def embed(self, queries: Sequence[Query]) -> np.ndarray:
+        """Descriptors of query images (paths, bytes, PIL images; vectors pass through)."""
+        vectors: list[np.ndarray | None] = [None] * len(queries)
+        images, where = [], []
+        for i, query in enumerate(queries):
+            if isinstance(query, np.ndarray):
+                vectors[i] = query.astype(np.float32).reshape(-1)
+            else:
+                images.append(decode(query, min_side=self.embedder.input_size))
+                where.append(i)
+        if images:
+            for i, v in zip(where, self.embedder.embed_images(images), strict=True):
+                vectors[i] = v
+        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+
+    def search(self, query: Query, k: int = 10) -> list[SearchResult]:
+        """The ``k`` images most similar to ``query``, best first (score = cosine similarity).
+
+        ``query`` is a path, the bytes of an image file, a PIL image, or a vector.
+        """
+        return self.search_vectors(self.embed([query]), k)[0]
+
+    def search_many(self, queries: Sequence[Query], k: int = 10) -> list[list[SearchResult]]:
+        """:meth:`search` for several queries at once (one batch through the model)."""
+        return self.search_vectors(self.embed(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
+        """Nearest images to each row of ``vectors`` (already in this collection's space)."""
+        index = self.index()
+        if len(index) == 0 or len(vectors) == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, ids = index.search(vectors, k)
+        return [self._results(i, s) for i, s in zip(ids, scores, strict=True)]
+
+    def _results(self, ids: np.ndarray, scores: np.ndarray) -> list[SearchResult]:
+        keep = ids >= 0
+        records = self.catalogue.images(ids[keep].tolist())
+        return [
+            SearchResult(
+                id=r.id,
+                path=r.path,
+                score=float(s),
+                paths=r.paths,
+                width=r.width,
+                height=r.height,
+                metadata=r.metadata,
+            )
+            for r, s in zip(records, scores[keep], strict=True)
+            if r is not None
+        ]
+
+    def __len__(self) -> int:
+        return self.catalogue.count()["images"]
+
+    def info(self) -> dict:
+        """A summary: location, format, model, index, counts and size on disk."""
+        counts = self.catalogue.count()
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {
+            "path": str(self.path),
+            "format_version": self.manifest["format_version"],
+            "created": self.manifest.get("created"),
+            "model": self.manifest["model"],
+            "index": {**self.manifest["index"], "vectors": len(self.index())},
+            "images": counts["images"],
+            "files": counts["files"],
+            "skipped": counts["skipped"],
+            "bytes_on_disk": size,
+        }
+
+    def close(self) -> None:
+        self.catalogue.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class _Indexer:
+    """One indexing run: decide what changed, load in threads, embed and commit in batches."""
+
+    def __init__(self, collection: Collection, batch_size: int, workers: int) -> None:
+        self.col = collection
+        self.cat = collection.catalogue
+        self.batch_size = max(1, batch_size)
+        self.workers = workers
+        self.report = IndexReport()
+
+    def run(self, files: list[str], prune: set[str], progress: Progress | None) -> IndexReport:
+        start = time.perf_counter()
+        embedder = self.col.embedder
+        self.index = self.col.index()
+        known = self.cat.file_states()
+        skips = self.cat.skipped_states()
+        todo: list[tuple[str, FileState]] = []
+        self.replaced: set[str] = set()
+        for path in files:
+            try:
+                state = ingest.file_state(path)
+            except OSError as exc:
+                self.report.skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
+                continue
+            if path in known:
+                if known[path][0] == state:
+                    self.report.unchanged += 1
+                    continue
+                self.replaced.add(path)
+            elif path in skips and skips[path][0] == state:
+                self.report.skipped.append((path, skips[path][1]))  # unchanged since it failed
+                continue
+            todo.append((path, state))
+        if prune:
+            listed = set(files)
+            gone = [p for p in known if p.startswith(tuple(prune)) and p not in listed]
+            self._drop(gone)
+            self.report.removed = len(gone)
+            self.cat.forget_skips(
+                p for p in skips if p.startswith(tuple(prune)) and p not in listed
+            )
+
+        self.pending: list[ingest.Loaded] = []
+        self.hashes_in_batch: dict[str, str] = {}
+        self.deferred: list[ingest.Loaded] = []
+
+        def load(path: str, state: FileState) -> ingest.Loaded:
+            return ingest.load_file(path, state, min_side=embedder.input_size)
+
+        total = len(todo)
+        if progress:
+            progress(0, total)
+        try:
+            for done, item in enumerate(
+                ingest.load_files(todo, load, workers=self.workers, window=4 * self.batch_size), 1
+            ):
+                self._take(item)
+                if len(self.pending) >= self.batch_size:
+                    self._flush()
+                if progress:
+                    progress(done, total)
+            self._flush()
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+        finally:
+            self.col._index_generation = self.cat.generation()
+            self.col._save_index()
+            self.report.seconds = time.perf_counter() - start
+        return self.report
+
+    def _take(self, item: ingest.Loaded) -> None:
+        if item.error is not None:
+            self.cat.record_skip(item.path, item.state, item.error)
+            self.report.skipped.append((item.path, item.error))
+            return
+        if item.content_hash in self.hashes_in_batch:
+            self.deferred.append(item)  # same content as a file waiting in this batch
+            return
+        existing = self.cat.image_id_by_hash(item.content_hash)
+        if existing is not None:
+            self._link(item, existing)
+            return
+        if item.image is None:  # hash was known when loaded, but its image has since gone
+            item = ingest.load_file(item.path, item.state, min_side=self.col.embedder.input_size)
+            if item.error is not None:
+                self._take(item)
+                return
+        self.hashes_in_batch[item.content_hash] = item.path
+        self.pending.append(item)
+
+    def _link(self, item: ingest.Loaded, image_id: int) -> None:
+        record = self.cat.images([image_id])[0]
+        if item.path in self.replaced:
+            self._drop([item.path])
+            self.report.updated += 1
+        if record is not None and item.path not in record.paths:
+            others = [p for p in record.paths if p != item.path]
+            if others:
+                self.report.duplicates.append((item.path, others[0]))
+        self.cat.link_file(item.path, image_id, item.state)
+
+    def _flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            vectors = self.col.embedder.embed_images([item.image for item in batch])
+            replaced = [item.path for item in batch if item.path in self.replaced]
+            self._drop(replaced)
+            ids = self.cat.add_images(
+                [
+                    NewImage(
+                        content_hash=item.content_hash,
+                        path=item.path,
+                        state=item.state,
+                        width=item.width,
+                        height=item.height,
+                        vectors={IMAGE_SPACE: vector},
+                    )
+                    for item, vector in zip(batch, vectors, strict=True)
+                ]
+            )
+            self.index.add(np.asarray(ids, dtype=np.int64), vectors)
+            self.report.updated += len(replaced)
+            self.report.added += len(batch) - len(replaced)
+        self.hashes_in_batch.clear()
+        deferred, self.deferred = self.deferred, []
+        for item in deferred:
+            self._take(item)
+
+    def _drop(self, paths: list[str]) -> None:
+        orphans = self.cat.remove_files(paths)
+        self.index.remove(np.asarray(orphans, dtype=np.int64))
+
+
+class _WriteLock:
+    """An exclusive lock on the collection folder, so two writers never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path / ".lock"
+
+    def __enter__(self) -> None:
+        self.handle = open(self.file, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise CollectionError(
+                f"another lookalike process is writing {self.file.parent}; wait for it to finish"
+            ) from None
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _expand(paths: Iterable[str | Path]) -> list[str]:
+    """Files as given plus image files under folders, absolute, without repeats."""
+    out: dict[str, None] = {}
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        if path.is_dir():
+            out.update(dict.fromkeys(ingest.walk(path)))
+        else:
+            out[str(path)] = None
+    return list(out)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _upgrade_manifest(manifest: dict, path: Path) -> dict:
+    """Bring an older manifest up to FORMAT_VERSION, or explain why it cannot be opened."""
+    if manifest.get("format") != "lookalike-collection":
+        raise CollectionError(f"{path}/manifest.json is not a lookalike collection manifest")
+    version = int(manifest.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise CollectionError(
+            f"{path} has collection format {version}, newer than this lookalike reads "
+            f"({FORMAT_VERSION}): upgrade lookalike (pip install -U lookalike)"
+        )
+    # Format 1 is the first; future upgrades go here, oldest first, and rewrite the manifest.
+    return manifest

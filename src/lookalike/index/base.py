@@ -1,0 +1,88 @@
+"""The VectorIndex protocol and the registry of index kinds.
+
+An index maps int64 ids (the catalogue's image ids) to L2-normalised vectors and answers
+k-nearest-neighbour queries by inner product (= cosine similarity). It is a cache: the catalogue
+holds every vector, so any index can be rebuilt from it.
+
+Example:
+    >>> index = create_index("flat", dim=4)
+    >>> index.add(np.array([7]), np.eye(4, dtype=np.float32)[:1])
+    >>> index.search(np.eye(4, dtype=np.float32)[:1], k=1)[1].tolist()
+    [[7]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class VectorIndexError(RuntimeError):
+    """An index cannot be created, loaded or used."""
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What every index kind provides."""
+
+    kind: str
+    dim: int
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add (n,) int64 ids with their (n, dim) float32 vectors."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Forget these ids (unknown ids are ignored)."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k), best first; missing slots have id -1."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def save(self, path: Path) -> None:
+        """Write to ``path`` atomically (a reader never sees half a file)."""
+        ...
+
+
+IndexFactory = Callable[..., VectorIndex]
+IndexLoader = Callable[[Path], VectorIndex]
+_FACTORIES: dict[str, IndexFactory] = {}
+_LOADERS: dict[str, IndexLoader] = {}
+
+
+def register(kind: str, factory: IndexFactory, loader: IndexLoader) -> None:
+    """Make an index kind available by name."""
+    _FACTORIES[kind] = factory
+    _LOADERS[kind] = loader
+
+
+def kinds() -> list[str]:
+    """The registered index kinds, sorted."""
+    _import_builtin()
+    return sorted(_FACTORIES)
+
+
+def create_index(kind: str, dim: int, **options: object) -> VectorIndex:
+    """A new, empty index of ``kind``."""
+    _import_builtin()
+    if kind not in _FACTORIES:
+        raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
+    return _FACTORIES[kind](dim=dim, **options)
+
+
+def load_index(kind: str, path: Path) -> VectorIndex:
+    """Read an index of ``kind`` written by its ``save``."""
+    _import_builtin()
+    if kind not in _LOADERS:
+        raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
+    return _LOADERS[kind](path)
+
+
+def _import_builtin() -> None:
+    from lookalike.index import faiss_index  # noqa: F401

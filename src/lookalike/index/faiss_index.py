@@ -1,0 +1,62 @@
+"""FAISS indexes. ``flat`` is exact inner-product search (the default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from lookalike.index.base import register
+
+
+class FaissIndex:
+    """A FAISS index wrapped with an id map, so ids are the catalogue's image ids."""
+
+    def __init__(self, kind: str, index: faiss.Index) -> None:
+        self.kind = kind
+        self.index = index
+        self.dim = index.d
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their ids (an id already present is replaced)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        self.remove(ids)
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Forget these ids."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids):
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = max(1, min(k, max(len(self), 1)))
+        scores, ids = self.index.search(queries, k)
+        return scores, ids
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def save(self, path: Path) -> None:
+        """Atomic write: temp file then rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, path)
+
+
+def _flat(dim: int) -> FaissIndex:
+    return FaissIndex("flat", faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+
+
+def _load_flat(path: Path) -> FaissIndex:
+    return FaissIndex("flat", faiss.read_index(str(path)))
+
+
+register("flat", _flat, _load_flat)

@@ -1,0 +1,125 @@
+"""The Catalogue protocol: what a collection keeps about its images, vectors included.
+
+The catalogue is the source of truth. An *image* is one distinct content (by hash) with its
+dimensions, metadata and one vector per *space* (``"image"`` for the semantic descriptor; other
+features add their own, e.g. ``"copy"``). A *file* is a location (a path, later a URL or an S3
+key) that holds an image's content; identical files share one image. Every write bumps a
+*generation* number, so an index saved at another generation is known to be stale and rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class CatalogueError(RuntimeError):
+    """The catalogue cannot be opened or migrated."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What was seen of a file when it was last indexed (to detect changes cheaply)."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class NewImage:
+    """An image to add: its content hash, its first file, its vectors by space."""
+
+    content_hash: str
+    path: str
+    state: FileState
+    width: int
+    height: int
+    vectors: dict[str, np.ndarray]
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as stored: its id, every file that holds it, its metadata."""
+
+    id: int
+    content_hash: str
+    paths: tuple[str, ...]
+    width: int
+    height: int
+    bytes: int
+    metadata: dict
+
+    @property
+    def path(self) -> str:
+        """The first file (by name) that holds this image."""
+        return self.paths[0] if self.paths else ""
+
+
+class Catalogue(Protocol):
+    """Storage for images, files, vectors and skipped files. Implementations: sqlite."""
+
+    def generation(self) -> int:
+        """A number that grows with every change to images or vectors."""
+        ...
+
+    def file_states(self) -> dict[str, tuple[FileState, int]]:
+        """Every known file: path -> (state when indexed, image id)."""
+        ...
+
+    def skipped_states(self) -> dict[str, tuple[FileState, str]]:
+        """Every file skipped before: path -> (state then, reason)."""
+        ...
+
+    def image_id_by_hash(self, content_hash: str) -> int | None: ...
+
+    def add_images(self, images: Sequence[NewImage]) -> list[int]:
+        """Insert images, their first file and vectors, in one transaction; return the ids."""
+        ...
+
+    def link_file(self, path: str, image_id: int, state: FileState) -> None:
+        """Record that ``path`` holds the content of ``image_id`` (a duplicate or a move)."""
+        ...
+
+    def touch_file(self, path: str, state: FileState) -> None:
+        """Update the state of a file whose content did not change."""
+        ...
+
+    def remove_files(self, paths: Iterable[str]) -> list[int]:
+        """Forget files; return the ids of images left with no file (they are deleted)."""
+        ...
+
+    def record_skip(self, path: str, state: FileState, reason: str) -> None: ...
+
+    def forget_skips(self, paths: Iterable[str]) -> None: ...
+
+    def images(self, ids: Sequence[int]) -> list[ImageRecord | None]:
+        """Records for ``ids``, in order (None for unknown ids)."""
+        ...
+
+    def vectors(self, space: str, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of ``ids`` in ``space``, in order."""
+        ...
+
+    def iter_vectors(
+        self, space: str, batch: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (ids, vectors) of a space, in chunks."""
+        ...
+
+    def put_vectors(self, space: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Add or replace the vectors of existing images in ``space``."""
+        ...
+
+    def ids_missing(self, space: str) -> list[int]:
+        """Images that have no vector in ``space`` yet."""
+        ...
+
+    def count(self) -> dict[str, int]:
+        """Numbers of images, files and skipped files."""
+        ...
+
+    def close(self) -> None: ...

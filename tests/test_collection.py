@@ -1,0 +1,135 @@
+"""The Collection with the real model: indexing, incremental sync, bad files, search."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageEnhance
+
+from lookalike import Collection, CollectionError
+from tests.conftest import skimage_photo
+
+
+def _collection(tmp_path: Path, embedder) -> Collection:
+    return Collection.create(tmp_path / "col", embedder=embedder)
+
+
+def test_index_and_search_finds_an_edited_copy(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        report = col.sync([photo_dir])
+        assert report.added == 6 and not report.skipped
+        query = skimage_photo("coffee").crop((60, 40, 560, 380)).rotate(8, expand=False)
+        query = ImageEnhance.Color(query).enhance(1.4)
+        hits = col.search(query, k=3)
+        assert Path(hits[0].path).name == "coffee.jpg"
+        assert hits[0].score > 0.7 > hits[1].score
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        # The image itself comes first with cosine 1.
+        assert col.search(photo_dir / "rocket.jpg", k=1)[0].score == pytest.approx(1, abs=1e-4)
+
+
+def test_incremental_sync_adds_modifies_and_deletes(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+        again = col.sync([photo_dir])
+        assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 6)
+
+        (photo_dir / "rocket.jpg").unlink()
+        skimage_photo("chelsea").save(photo_dir / "new_cat.png")
+        modified = photo_dir / "astronaut.jpg"
+        skimage_photo("astronaut").rotate(180).save(modified, quality=80)
+        os.utime(modified, ns=(time.time_ns(), time.time_ns() + 10**9))
+        report = col.sync([photo_dir])
+        assert (report.added, report.updated, report.removed) == (1, 1, 1)
+        assert len(col) == 6
+        paths = {h.path for h in col.search(photo_dir / "coffee.jpg", k=10)}
+        assert str(photo_dir / "rocket.jpg") not in paths
+        assert str(photo_dir / "new_cat.png") in paths
+        # The modified file is searchable under its new content.
+        upside_down = skimage_photo("astronaut").rotate(180)
+        assert col.search(upside_down, k=1)[0].path == str(modified)
+
+
+def test_identical_files_are_stored_once_and_reported(tmp_path, photo_dir, embedder) -> None:
+    shutil.copy(photo_dir / "coffee.jpg", photo_dir / "coffee_copy.jpg")
+    with _collection(tmp_path, embedder) as col:
+        report = col.sync([photo_dir])
+        assert report.added == 6 and len(col) == 6
+        assert [Path(p).name for p, _ in report.duplicates] == ["coffee_copy.jpg"]
+        hit = col.search(photo_dir / "coffee.jpg", k=1)[0]
+        assert {Path(p).name for p in hit.paths} == {"coffee.jpg", "coffee_copy.jpg"}
+        # Deleting one copy keeps the image; deleting both drops it.
+        (photo_dir / "coffee.jpg").unlink()
+        col.sync([photo_dir])
+        assert len(col) == 6
+        (photo_dir / "coffee_copy.jpg").unlink()
+        col.sync([photo_dir])
+        assert len(col) == 5
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, photo_dir, embedder) -> None:
+    good = (photo_dir / "coffee.jpg").read_bytes()
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    (photo_dir / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (photo_dir / "text.png").write_text("not a picture at all")
+    (photo_dir / "corrupt.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 " + os.urandom(300))
+    with _collection(tmp_path, embedder) as col:
+        report = col.sync([photo_dir])
+        reasons = {Path(p).name: r for p, r in report.skipped}
+        assert set(reasons) == {"empty.jpg", "truncated.jpg", "text.png", "corrupt.webp"}
+        assert "empty" in reasons["empty.jpg"]
+        assert "truncated" in reasons["truncated.jpg"]
+        assert "not an image" in reasons["text.png"]
+        assert report.added == 6
+        assert col.info()["skipped"] == 4
+        # Fixing a file makes it count on the next run.
+        (photo_dir / "truncated.jpg").write_bytes(good)
+        report = col.sync([photo_dir])
+        assert len(report.skipped) == 3
+        assert [Path(p).name for p, _ in report.duplicates] == ["truncated.jpg"]
+
+
+def test_reopen_rebuilds_a_stale_index(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+    (tmp_path / "col" / "index" / "image.faiss").unlink()  # as if killed before saving
+    with Collection.open(tmp_path / "col", embedder=embedder) as col:
+        assert len(col.index()) == 6
+        assert Path(col.search(photo_dir / "chelsea.jpg", k=1)[0].path).name == "chelsea.jpg"
+
+
+def test_remove_files_and_folders(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+        assert col.remove([photo_dir / "coffee.jpg"]) == 1
+        assert len(col) == 5 and len(col.index()) == 5
+        assert col.remove([photo_dir]) == 5
+        assert len(col) == 0 and col.search(photo_dir / "rocket.jpg") == []
+
+
+def test_collection_refuses_wrong_model_and_newer_format(tmp_path, photo_dir, embedder) -> None:
+    _collection(tmp_path, embedder).close()
+    with pytest.raises(CollectionError, match="efficientnet-lite0"):
+        Collection.open(tmp_path / "col", model="efficientnet-lite2")
+    manifest = tmp_path / "col" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["format_version"] = 99
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CollectionError, match="newer"):
+        Collection.open(tmp_path / "col")
+    with pytest.raises(CollectionError, match="no collection"):
+        Collection.open(tmp_path / "nothing")
+
+
+def test_search_many_batches_queries(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+        answers = col.search_many(
+            [photo_dir / "rocket.jpg", Image.open(photo_dir / "coffee.jpg")], k=2
+        )
+        assert [Path(a[0].path).name for a in answers] == ["rocket.jpg", "coffee.jpg"]
