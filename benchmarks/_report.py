@@ -37,7 +37,9 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, load avg {load:.1f}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, load avg {load:.1f}"
+    )
 
 
 def write_section(name: str, body: str) -> None:
@@ -53,8 +55,14 @@ def write_section(name: str, body: str) -> None:
         f"<!-- END {name} -->"
     )
     text = DOC.read_text() if DOC.exists() else HEADER
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    pattern = re.compile(
+        rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S
+    )
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 

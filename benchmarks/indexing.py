@@ -23,14 +23,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import SHARED, percentile_ms, table, write_section  # noqa: E402
+from _report import SHARED, percentile_ms, table, write_section
 
-from lookalike import Collection  # noqa: E402
-from lookalike.images import decode  # noqa: E402
-from lookalike.metrics import mean_average_precision, precision_at_k, rank_relevance  # noqa: E402
-from lookalike.models import load_embedder  # noqa: E402
-from lookalike.models.efficientnet import preprocess  # noqa: E402
-from lookalike.store import FileState, NewImage  # noqa: E402
+from lookalike import Collection
+from lookalike.images import decode
+from lookalike.metrics import mean_average_precision, precision_at_k, rank_relevance
+from lookalike.models import load_embedder
+from lookalike.models.efficientnet import preprocess
+from lookalike.store import FileState, NewImage
 
 
 def corel_files(root: Path) -> tuple[list[Path], np.ndarray]:
@@ -39,7 +39,7 @@ def corel_files(root: Path) -> tuple[list[Path], np.ndarray]:
     return files, labels
 
 
-def index_run(folder: Path, target: Path, embedder) -> tuple[Collection, float, int]:  # noqa: ANN001
+def index_run(folder: Path, target: Path, embedder) -> tuple[Collection, float, int]:
     shutil.rmtree(target, ignore_errors=True)
     col = Collection.create(target, embedder=embedder)
     start = time.perf_counter()
@@ -48,10 +48,12 @@ def index_run(folder: Path, target: Path, embedder) -> tuple[Collection, float, 
     return col, seconds, report.added
 
 
-def forward_speed(embedder, files: list[Path], batch: int = 32) -> float:  # noqa: ANN001
+def forward_speed(embedder, files: list[Path], batch: int = 32) -> float:
     """Images/s of the network alone, on inputs decoded and resized beforehand."""
     images = [decode(p, min_side=embedder.input_size) for p in files]
-    tensors = [preprocess(images[i : i + batch], embedder.input_size) for i in range(0, len(images), batch)]
+    tensors = [
+        preprocess(images[i : i + batch], embedder.input_size) for i in range(0, len(images), batch)
+    ]
     session = embedder.session
     session.run(None, {"image": tensors[0]})
     start = time.perf_counter()
@@ -94,7 +96,14 @@ def grow_to(col: Collection, total: int, seed: int = 0) -> None:
         v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
         col.catalogue.add_images(
             [
-                NewImage(f"synthetic-{n + i}", f"/synthetic/{n + i}.jpg", FileState(0, 0), 1, 1, {"image": v[i]})
+                NewImage(
+                    f"synthetic-{n + i}",
+                    f"/synthetic/{n + i}.jpg",
+                    FileState(0, 0),
+                    1,
+                    1,
+                    {"image": v[i]},
+                )
                 for i in range(m)
             ]
         )
@@ -107,7 +116,9 @@ def colour_histograms(files: list[Path], bins: int = 8) -> np.ndarray:
     out = np.empty((len(files), bins**3), np.float32)
     for i, p in enumerate(files):
         a = np.asarray(decode(p)).reshape(-1, 3) // (256 // bins)
-        h = np.bincount((a[:, 0] * bins + a[:, 1]) * bins + a[:, 2], minlength=bins**3).astype(np.float32)
+        h = np.bincount((a[:, 0] * bins + a[:, 1]) * bins + a[:, 2], minlength=bins**3).astype(
+            np.float32
+        )
         out[i] = np.sqrt(h / h.sum())
     return out
 
@@ -162,7 +173,9 @@ def main() -> None:
     grow_to(col, 100_000)
     col.index()
     p50_100k, p99_100k = latency(col, queries)
-    print(f"latency 1k p50 {p50_1k:.1f} p99 {p99_1k:.1f}; 100k p50 {p50_100k:.1f} p99 {p99_100k:.1f}")
+    print(
+        f"latency 1k p50 {p50_1k:.1f} p99 {p99_1k:.1f}; 100k p50 {p50_100k:.1f} p99 {p99_100k:.1f}"
+    )
     print(f"quality ours {ours}; colour histogram {hist}")
 
     body = "\n\n".join(
@@ -171,13 +184,25 @@ def main() -> None:
             table(
                 ["what", "figure", "goal"],
                 [
-                    ["Corel-1k end to end (decode + embed + store)", f"**{e2e:.1f} images/s**", "≥ 80"],
+                    [
+                        "Corel-1k end to end (decode + embed + store)",
+                        f"**{e2e:.1f} images/s**",
+                        "≥ 80",
+                    ],
                     ["model forward alone, batch 32, pre-decoded", f"{fwd:.1f} images/s", ""],
                     ["end to end / forward alone", f"{e2e / fwd:.0%}", "≥ 80%"],
                     ["200 photos of 4000x3000 end to end", f"{large_n / large_s:.1f} images/s", ""],
                     ["model load (first call, ONNX cached)", f"{load_s:.2f} s", ""],
-                    ["query latency at 1k images, p50 / p99", f"{p50_1k:.1f} / {p99_1k:.1f} ms", "p50 ≤ 40"],
-                    ["query latency at 100k images, p50 / p99", f"{p50_100k:.1f} / {p99_100k:.1f} ms", "p50 ≤ 40"],
+                    [
+                        "query latency at 1k images, p50 / p99",
+                        f"{p50_1k:.1f} / {p99_1k:.1f} ms",
+                        "p50 ≤ 40",
+                    ],
+                    [
+                        "query latency at 100k images, p50 / p99",
+                        f"{p50_100k:.1f} / {p99_100k:.1f} ms",
+                        "p50 ≤ 40",
+                    ],
                 ],
             ),
             "Query latency includes decoding the query file, embedding it, the search and the "
@@ -187,7 +212,12 @@ def main() -> None:
             table(
                 ["descriptor", "mAP", "P@10", "P@20"],
                 [
-                    [args.model + " (default)", f"{ours['mAP']:.3f}", f"{ours['P@10']:.3f}", f"{ours['P@20']:.3f}"],
+                    [
+                        args.model + " (default)",
+                        f"{ours['mAP']:.3f}",
+                        f"{ours['P@10']:.3f}",
+                        f"{ours['P@20']:.3f}",
+                    ],
                     [
                         f"colour histogram 8x8x8, Hellinger ({hist_s:.0f} s)",
                         f"{hist['mAP']:.3f}",

@@ -120,8 +120,8 @@ class Collection:
         self.manifest = manifest
         self.catalogue = SQLiteCatalogue(path / "catalogue.sqlite")
         self._embedder = embedder
-        self._index: VectorIndex | None = None
-        self._index_generation = -1
+        self._indexes: dict[str, tuple[VectorIndex, int]] = {}
+        self._space_embedders: dict[str, Embedder] = {}
         self._lock = threading.RLock()
 
     # -- opening ----------------------------------------------------------------------------
@@ -147,6 +147,7 @@ class Collection:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": {"name": embedder.name, "version": embedder.version, "dim": embedder.dim},
             "index": {"kind": index},
+            "spaces": {IMAGE_SPACE: {"dim": embedder.dim, "index": index}},
         }
         _write_json(path / "manifest.json", manifest)
         return cls(path, manifest, embedder)
@@ -211,45 +212,97 @@ class Collection:
             )
         return self._embedder
 
-    # -- the index (a cache of the catalogue) -------------------------------------------------
-    @property
-    def _index_file(self) -> Path:
-        return self.path / "index" / f"{IMAGE_SPACE}.faiss"
+    def space_embedder(self, space: str) -> Embedder:
+        """The model that computes ``space`` (the collection's model for "image")."""
+        spec = self.spaces()[space]
+        if "model" not in spec:
+            return self.embedder
+        if space not in self._space_embedders:
+            embedder = load_embedder(spec["model"])
+            if embedder.version != spec["version"]:
+                raise CollectionError(
+                    f"{self.path} holds {space!r} vectors of {spec['version']!r} but this "
+                    f"lookalike computes {embedder.version!r}: rebuild the collection"
+                )
+            self._space_embedders[space] = embedder
+        return self._space_embedders[space]
 
-    def index(self) -> VectorIndex:
-        """The vector index, loaded or rebuilt so that it agrees with the catalogue."""
+    @property
+    def decode_side(self) -> int:
+        """Images are decoded with at least this shorter side (the largest model input)."""
+        return max(
+            [self.embedder.input_size]
+            + [
+                self.space_embedder(s).input_size
+                for s, spec in self.spaces().items()
+                if "model" in spec
+            ]
+        )
+
+    def embed_images(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """Every stored vector of decoded images, by space: the collection's model's outputs
+        (``embed_spaces`` when it has several) and those of the models of other spaces."""
+        primary = self.embedder
+        if hasattr(primary, "embed_spaces"):
+            out = dict(primary.embed_spaces(images))
+        else:
+            out = {IMAGE_SPACE: primary.embed_images(images)}
+        for space, spec in self.spaces().items():
+            if "model" in spec and space not in out:
+                out[space] = self.space_embedder(space).embed_images(images)
+        return out
+
+    # -- indexes (caches of the catalogue), one per vector space -------------------------------
+    def spaces(self) -> dict[str, dict]:
+        """The searchable vector spaces: name -> {"dim", "index", ...}."""
+        return self.manifest["spaces"]
+
+    def _index_file(self, space: str) -> Path:
+        return self.path / "index" / f"{space}.faiss"
+
+    def index(self, space: str = IMAGE_SPACE) -> VectorIndex:
+        """The index of ``space``, loaded or rebuilt so that it agrees with the catalogue."""
+        if space not in self.spaces():
+            raise CollectionError(f"{self.path} has no {space!r} vectors")
         with self._lock:
             generation = self.catalogue.generation()
-            if self._index is not None and self._index_generation == generation:
-                return self._index
-            kind = self.manifest["index"]["kind"]
-            state_file = self._index_file.with_suffix(".json")
-            if self._index_file.exists() and state_file.exists():
-                saved = json.loads(state_file.read_text())
-                if saved.get("generation") == generation:
-                    self._index = load_index(kind, self._index_file)
-                    self._index_generation = generation
-                    return self._index
-            self._index = self._rebuild_index(kind)
-            self._index_generation = generation
-            return self._index
+            cached = self._indexes.get(space)
+            if cached is not None and cached[1] == generation:
+                return cached[0]
+            kind = self.spaces()[space]["index"]
+            file = self._index_file(space)
+            state_file = file.with_suffix(".json")
+            index = None
+            if (
+                file.exists()
+                and state_file.exists()
+                and json.loads(state_file.read_text()).get("generation") == generation
+            ):
+                index = load_index(kind, file)
+            if index is None:
+                index = create_index(kind, int(self.spaces()[space]["dim"]))
+                for ids, vectors in self.catalogue.iter_vectors(space):
+                    index.add(ids, vectors)
+            self._indexes[space] = (index, generation)
+            return index
 
-    def _rebuild_index(self, kind: str) -> VectorIndex:
-        index = create_index(kind, self.dim)
-        for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
-            index.add(ids, vectors)
-        return index
-
-    def _save_index(self) -> None:
-        if self._index is None:
-            return
+    def _save_indexes(self) -> None:
+        """Write every loaded index atomically, stamped with the catalogue's generation."""
         generation = self.catalogue.generation()
-        self._index.save(self._index_file)
-        _write_json(
-            self._index_file.with_suffix(".json"),
-            {"generation": generation, "count": len(self._index), "kind": self._index.kind},
-        )
-        self._index_generation = generation
+        for space, (index, _) in list(self._indexes.items()):
+            file = self._index_file(space)
+            index.save(file)
+            _write_json(
+                file.with_suffix(".json"),
+                {"generation": generation, "count": len(index), "kind": index.kind},
+            )
+            self._indexes[space] = (index, generation)
+
+    def _mark_current(self) -> None:
+        """The loaded indexes were updated in step with the catalogue's last writes."""
+        generation = self.catalogue.generation()
+        for space, (index, _) in list(self._indexes.items()):
+            self._indexes[space] = (index, generation)
 
     # -- writing ----------------------------------------------------------------------------
     def add(
@@ -308,43 +361,51 @@ class Collection:
                 for p in known
                 if any(p == t or p.startswith(t.rstrip(os.sep) + os.sep) for t in targets)
             ]
-            index = self.index()
-            orphans = self.catalogue.remove_files(doomed)
-            index.remove(np.asarray(orphans, dtype=np.int64))
-            self._index_generation = self.catalogue.generation()
-            self._save_index()
+            indexes = [self.index(space) for space in self.spaces()]
+            orphans = np.asarray(self.catalogue.remove_files(doomed), dtype=np.int64)
+            for index in indexes:
+                index.remove(orphans)
+            self._mark_current()
+            self._save_indexes()
             return len(doomed)
 
     # -- reading ----------------------------------------------------------------------------
-    def embed(self, queries: Sequence[Query]) -> np.ndarray:
-        """Descriptors of query images (paths, bytes, PIL images; vectors pass through)."""
+    def embed(self, queries: Sequence[Query], space: str = IMAGE_SPACE) -> np.ndarray:
+        """Descriptors of query images in ``space`` (paths, bytes, PIL images; vectors pass
+        through unchanged)."""
         vectors: list[np.ndarray | None] = [None] * len(queries)
         images, where = [], []
         for i, query in enumerate(queries):
             if isinstance(query, np.ndarray):
                 vectors[i] = query.astype(np.float32).reshape(-1)
             else:
-                images.append(decode(query, min_side=self.embedder.input_size))
+                images.append(decode(query, min_side=self.decode_side))
                 where.append(i)
         if images:
-            for i, v in zip(where, self.embedder.embed_images(images), strict=True):
+            embedded = self.space_embedder(space).embed_images(images)
+            for i, v in zip(where, embedded, strict=True):
                 vectors[i] = v
-        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+        dim = int(self.spaces()[space]["dim"])
+        return np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
 
-    def search(self, query: Query, k: int = 10) -> list[SearchResult]:
+    def search(self, query: Query, k: int = 10, *, space: str = IMAGE_SPACE) -> list[SearchResult]:
         """The ``k`` images most similar to ``query``, best first (score = cosine similarity).
 
         ``query`` is a path, the bytes of an image file, a PIL image, or a vector.
         """
-        return self.search_vectors(self.embed([query]), k)[0]
+        return self.search_vectors(self.embed([query], space), k, space=space)[0]
 
-    def search_many(self, queries: Sequence[Query], k: int = 10) -> list[list[SearchResult]]:
+    def search_many(
+        self, queries: Sequence[Query], k: int = 10, *, space: str = IMAGE_SPACE
+    ) -> list[list[SearchResult]]:
         """:meth:`search` for several queries at once (one batch through the model)."""
-        return self.search_vectors(self.embed(queries), k)
+        return self.search_vectors(self.embed(queries, space), k, space=space)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
-        """Nearest images to each row of ``vectors`` (already in this collection's space)."""
-        index = self.index()
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, *, space: str = IMAGE_SPACE
+    ) -> list[list[SearchResult]]:
+        """Nearest images to each row of ``vectors`` (already in ``space``)."""
+        index = self.index(space)
         if len(index) == 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         scores, ids = index.search(vectors, k)
@@ -380,6 +441,10 @@ class Collection:
             "created": self.manifest.get("created"),
             "model": self.manifest["model"],
             "index": {**self.manifest["index"], "vectors": len(self.index())},
+            "spaces": {
+                name: {**spec, "vectors": len(self.index(name))}
+                for name, spec in self.spaces().items()
+            },
             "images": counts["images"],
             "files": counts["files"],
             "skipped": counts["skipped"],
@@ -408,8 +473,8 @@ class _Indexer:
 
     def run(self, files: list[str], prune: set[str], progress: Progress | None) -> IndexReport:
         start = time.perf_counter()
-        embedder = self.col.embedder
-        self.index = self.col.index()
+        self.col.embedder  # noqa: B018 - load and check the model before any work
+        self.indexes = {space: self.col.index(space) for space in self.col.spaces()}
         known = self.cat.file_states()
         skips = self.cat.skipped_states()
         todo: list[tuple[str, FileState]] = []
@@ -443,7 +508,7 @@ class _Indexer:
         self.deferred: list[ingest.Loaded] = []
 
         def load(path: str, state: FileState) -> ingest.Loaded:
-            return ingest.load_file(path, state, min_side=embedder.input_size)
+            return ingest.load_file(path, state, min_side=self.col.decode_side)
 
         total = len(todo)
         if progress:
@@ -461,8 +526,8 @@ class _Indexer:
         except KeyboardInterrupt:
             self.report.interrupted = True
         finally:
-            self.col._index_generation = self.cat.generation()
-            self.col._save_index()
+            self.col._mark_current()
+            self.col._save_indexes()
             self.report.seconds = time.perf_counter() - start
         return self.report
 
@@ -479,7 +544,7 @@ class _Indexer:
             self._link(item, existing)
             return
         if item.image is None:  # hash was known when loaded, but its image has since gone
-            item = ingest.load_file(item.path, item.state, min_side=self.col.embedder.input_size)
+            item = ingest.load_file(item.path, item.state, min_side=self.col.decode_side)
             if item.error is not None:
                 self._take(item)
                 return
@@ -500,7 +565,7 @@ class _Indexer:
     def _flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            vectors = self.col.embedder.embed_images([item.image for item in batch])
+            vectors = self.col.embed_images([item.image for item in batch])
             replaced = [item.path for item in batch if item.path in self.replaced]
             self._drop(replaced)
             ids = self.cat.add_images(
@@ -511,12 +576,13 @@ class _Indexer:
                         state=item.state,
                         width=item.width,
                         height=item.height,
-                        vectors={IMAGE_SPACE: vector},
+                        vectors={space: v[i] for space, v in vectors.items()},
                     )
-                    for item, vector in zip(batch, vectors, strict=True)
+                    for i, item in enumerate(batch)
                 ]
             )
-            self.index.add(np.asarray(ids, dtype=np.int64), vectors)
+            for space, index in self.indexes.items():
+                index.add(np.asarray(ids, dtype=np.int64), vectors[space])
             self.report.updated += len(replaced)
             self.report.added += len(batch) - len(replaced)
         self.hashes_in_batch.clear()
@@ -526,7 +592,8 @@ class _Indexer:
 
     def _drop(self, paths: list[str]) -> None:
         orphans = self.cat.remove_files(paths)
-        self.index.remove(np.asarray(orphans, dtype=np.int64))
+        for index in self.indexes.values():
+            index.remove(np.asarray(orphans, dtype=np.int64))
 
 
 class _WriteLock:

@@ -144,6 +144,20 @@ def preprocess(images: Sequence[Image.Image], size: int) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+def preprocess_full(images: Sequence[Image.Image], size: int) -> np.ndarray:
+    """Like :func:`preprocess` but keeps the whole image: shorter side ``size``, the longer side
+    rounded to a multiple of 32 (the network's stride). All images must share one aspect ratio."""
+    w, h = images[0].size
+    scale = size / min(w, h)
+    shape = (max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32))
+    batch = np.stack(
+        [np.asarray(im.convert("RGB").resize(shape, Image.Resampling.BILINEAR)) for im in images]
+    ).astype(np.float32)
+    batch -= 127.0
+    batch *= 1.0 / 128.0
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
 def _resize_crop(image: Image.Image, size: int) -> Image.Image:
     if image.mode != "RGB":
         image = image.convert("RGB")
