@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
@@ -62,6 +63,9 @@ def features(
         groups: dict[tuple[int, int], list[int]] = {}
         if mode == "crop":
             tensors = [(list(range(len(images))), preprocess_crop(images, size))]
+        elif mode == "squash":  # whole image resized to a square, aspect ratio ignored
+            squares = [im.resize((size, size), Image.Resampling.BILINEAR) for im in images]
+            tensors = [(list(range(len(images))), preprocess_crop(squares, size))]
         else:  # whole image, shorter side = size; batch by shape
             for j, im in enumerate(images):
                 groups.setdefault(im.size, []).append(j)

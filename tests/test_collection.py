@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
@@ -29,8 +30,10 @@ def test_index_and_search_finds_an_edited_copy(tmp_path, photo_dir, embedder) ->
         assert Path(hits[0].path).name == "coffee.jpg"
         assert hits[0].score > 0.7 > hits[1].score
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-        # The image itself comes first with cosine 1.
-        assert col.search(photo_dir / "rocket.jpg", k=1)[0].score == pytest.approx(1, abs=1e-4)
+        # The image itself comes first, with cosine 1 when query expansion is off.
+        rocket = photo_dir / "rocket.jpg"
+        assert col.search(rocket, k=1, expand=0)[0].score == pytest.approx(1, abs=1e-4)
+        assert col.search(rocket, k=1)[0].path == str(rocket)
 
 
 def test_incremental_sync_adds_modifies_and_deletes(tmp_path, photo_dir, embedder) -> None:
@@ -133,3 +136,33 @@ def test_search_many_batches_queries(tmp_path, photo_dir, embedder) -> None:
             [photo_dir / "rocket.jpg", Image.open(photo_dir / "coffee.jpg")], k=2
         )
         assert [Path(a[0].path).name for a in answers] == ["rocket.jpg", "coffee.jpg"]
+
+
+def test_pca_is_learned_on_the_collection_and_relearned_as_it_grows(
+    tmp_path, photo_dir, embedder, monkeypatch
+) -> None:
+    import lookalike.collection as collection_module
+    from lookalike.index.projected import ProjectedIndex
+
+    monkeypatch.setattr(collection_module, "REDUCE_MIN_IMAGES", 4)
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in sorted(p.name for p in photo_dir.iterdir())[:4]:
+        shutil.copy(photo_dir / name, few / name)
+    with _collection(tmp_path, embedder) as col:
+        col.sync([few])
+        index = col.index()
+        assert isinstance(index, ProjectedIndex) and index.fitted_on == 4
+        assert index.projection.dim == 3  # at most n - 1 axes from n images
+        first = index.projection.mean.copy()
+        col.sync([photo_dir])  # 6 images: not yet twice as many, the projection stays
+        assert col.index().fitted_on == 4
+        for i in range(2):
+            skimage_photo("astronaut").rotate(90 * (i + 1)).save(photo_dir / f"turn{i}.jpg")
+        col.sync([photo_dir])  # 8 images: re-learned
+        assert col.index().fitted_on == 8
+        assert not np.allclose(col.index().projection.mean, first)
+        assert Path(col.search(photo_dir / "coffee.jpg", k=1)[0].path).name == "coffee.jpg"
+    with Collection.open(tmp_path / "col", embedder=embedder) as col:
+        assert isinstance(col.index(), ProjectedIndex)  # saved beside the index and reloaded
+        assert col.index().fitted_on == 8 and len(col.index()) == 8

@@ -112,6 +112,8 @@ def query_expansion(
         [1.0, 0.05, 0.0]
     """
     top = min(top, sims.shape[1])
+    if top == 0:
+        return l2n(queries)
     nearest = np.argpartition(-sims, kth=top - 1, axis=1)[:, :top]
     weights = np.power(np.clip(np.take_along_axis(sims, nearest, axis=1), 0, None), alpha)
     expanded = np.asarray(queries, np.float32) + np.einsum("qk,qkd->qd", weights, database[nearest])
