@@ -486,6 +486,12 @@ class Collection:
             scores, ids = self._expanded_search(index, space, vectors, scores, ids, expand, k)
         return [self._results(i[:k], s[:k]) for i, s in zip(ids, scores, strict=True)]
 
+    def project(self, vectors: np.ndarray, space: str = IMAGE_SPACE) -> np.ndarray:
+        """Stored vectors in the coordinates the index of ``space`` compares (PCA-reduced when
+        the collection has learned a projection); their inner products are the search scores."""
+        index = self.index(space)
+        return index.project(vectors) if isinstance(index, ProjectedIndex) else l2n(vectors)
+
     def _expanded_search(
         self,
         index: VectorIndex,
@@ -496,12 +502,12 @@ class Collection:
         top: int,
         k: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        project = index.project if isinstance(index, ProjectedIndex) else l2n
-        queries = project(vectors)
+        queries = self.project(vectors, space)
         expanded = []
         for query, row_ids, row_scores in zip(queries, ids, scores, strict=True):
             found = row_ids[:top] >= 0
-            neighbours = project(self.catalogue.vectors(space, row_ids[:top][found].tolist()))
+            stored = self.catalogue.vectors(space, row_ids[:top][found].tolist())
+            neighbours = self.project(stored, space)
             sims = row_scores[:top][found][None]
             expanded.append(query_expansion(query[None], neighbours, sims, top=len(neighbours))[0])
         inner = index.inner if isinstance(index, ProjectedIndex) else index

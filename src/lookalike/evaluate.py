@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from lookalike.collection import DEFAULT_MODEL, IMAGE_SPACE, Collection
 from lookalike.datasets import EvalSet, load_eval_set
+from lookalike.descriptors import query_expansion
 from lookalike.metrics import (
     CMC_RANKS,
     PrecisionRecallCurve,
@@ -247,13 +248,21 @@ def evaluate(
             raise EvalError(f"{dataset}: none of its images could be read")
         if not ev.is_query.any() or not ev.is_gallery.any():
             raise EvalError(f"{dataset}: no readable query or no readable gallery image left")
-        vectors = _vectors(col, ids)
+        # Score in the coordinates the collection searches in (its PCA, when learned) and with
+        # its query expansion, so that eval measures what `search` does.
+        vectors = col.project(_vectors(col, ids))
+        expand = int(col.spaces()[IMAGE_SPACE].get("expand", 0))
         latency = _latency(col, [ev.paths[i] for i in ev.queries])
         device = _device(col)
         model_name = col.model_name
         collection_path = str(col.path)
 
-    scored = _score(ev, vectors)
+    as_query = vectors.copy()  # the queries as search sends them to the index
+    if expand:
+        as_query[ev.queries] = _expand_queries(
+            vectors[ev.queries], vectors[ev.gallery], ev.queries, ev.gallery, expand
+        )
+    scored = _score(ev, as_query, vectors)
     result = EvalResult(
         dataset=str(dataset),
         layout=ev.layout,
@@ -268,7 +277,7 @@ def evaluate(
         latency=latency,
         device=device,
         skipped=skipped,
-        worst=_worst(ev, vectors, scored, worst),
+        worst=_worst(ev, as_query, vectors, scored, worst),
         pr_curve=scored.curve,
         pr_predictions=scored.pr_predictions,
     )
@@ -401,9 +410,9 @@ class _Scored:
     num_positives: int
 
 
-def _score(ev: EvalSet, vectors: NDArray[np.float32]) -> _Scored:
+def _score(ev: EvalSet, as_query: NDArray[np.float32], vectors: NDArray[np.float32]) -> _Scored:
     queries, gallery = ev.queries, ev.gallery
-    qv, gv = vectors[queries], vectors[gallery]
+    qv, gv = as_query[queries], vectors[gallery]
     n_q, n_g = len(queries), len(gallery)
     # Integer label codes compare much faster than strings over a 10k x 10k block.
     _, codes = np.unique(np.asarray(ev.labels, dtype=object).astype(str), return_inverse=True)
@@ -458,6 +467,23 @@ def _score(ev: EvalSet, vectors: NDArray[np.float32]) -> _Scored:
         predictions=predictions,
         num_positives=positives,
     )
+
+
+def _expand_queries(
+    qv: NDArray[np.float32],
+    gv: NDArray[np.float32],
+    queries: NDArray[np.int64],
+    gallery: NDArray[np.int64],
+    top: int,
+) -> NDArray[np.float32]:
+    """α-query expansion as search applies it, each query's own gallery entry left out."""
+    out = np.empty_like(qv)
+    for start in range(0, len(qv), 1024):
+        block = slice(start, start + 1024)
+        sims = qv[block] @ gv.T
+        sims[queries[block, None] == gallery[None, :]] = -np.inf
+        out[block] = query_expansion(qv[block], gv, sims, top=top)
+    return out
 
 
 def _rank_by_mask(
@@ -524,7 +550,13 @@ def _per_class(ev: EvalSet, s: _Scored) -> dict[str, dict[str, float]]:
     return out
 
 
-def _worst(ev: EvalSet, vectors: NDArray[np.float32], s: _Scored, count: int) -> list[QueryResult]:
+def _worst(
+    ev: EvalSet,
+    as_query: NDArray[np.float32],
+    vectors: NDArray[np.float32],
+    s: _Scored,
+    count: int,
+) -> list[QueryResult]:
     """The ``count`` queries with the lowest AP, with their top results (self excluded)."""
     if count <= 0:
         return []
@@ -536,7 +568,7 @@ def _worst(ev: EvalSet, vectors: NDArray[np.float32], s: _Scored, count: int) ->
     out = []
     for pos, row in enumerate(order):
         q = queries[row]
-        scores = gallery_vectors @ vectors[q]
+        scores = gallery_vectors @ as_query[q]
         scores[gallery == q] = -np.inf
         best = np.argsort(-scores, kind="stable")[:WORST_HITS]
         best = best[np.isfinite(scores[best])]
