@@ -166,3 +166,17 @@ def test_pca_is_learned_on_the_collection_and_relearned_as_it_grows(
     with Collection.open(tmp_path / "col", embedder=embedder) as col:
         assert isinstance(col.index(), ProjectedIndex)  # saved beside the index and reloaded
         assert col.index().fitted_on == 8 and len(col.index()) == 8
+
+
+def test_metadata_is_stored_merged_and_returned(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.add([photo_dir], metadata={photo_dir / "rocket.jpg": {"sku": "R-1", "tags": ["space"]}})
+        hit = col.search(photo_dir / "rocket.jpg", k=1)[0]
+        assert hit.metadata == {"sku": "R-1", "tags": ["space"]}
+        assert hit.to_dict()["metadata"]["sku"] == "R-1"
+        # Re-adding an unchanged file with new metadata updates it; None deletes a key.
+        col.add([photo_dir / "rocket.jpg"], metadata={photo_dir / "rocket.jpg": {"tags": None}})
+        assert col.get(hit.id).metadata == {"sku": "R-1"}
+        assert col.update_metadata(hit.id, {"title": "launch"}) == {"sku": "R-1", "title": "launch"}
+        with pytest.raises(CollectionError):
+            col.update_metadata(10**9, {})

@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from lookalike.images import decode
 from lookalike.index import VectorIndex, create_index, load_index
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.models import Embedder, load_embedder
-from lookalike.store import FileState, NewImage, SQLiteCatalogue
+from lookalike.store import FileState, ImageRecord, NewImage, SQLiteCatalogue
 
 #: Version of the folder layout and manifest; see ``_upgrade_manifest`` for older ones.
 FORMAT_VERSION = 1
@@ -360,14 +360,21 @@ class Collection:
         progress: Progress | None = None,
         batch_size: int = 32,
         workers: int | None = None,
+        metadata: Mapping[str | Path, dict] | None = None,
     ) -> IndexReport:
         """Add image files, and every image under folders, skipping files already indexed.
 
         Changed files are re-embedded; files whose content is already stored are linked to it
         (reported in ``duplicates``); unreadable files are reported in ``skipped``.
+        ``metadata`` maps file paths to JSON-able dicts merged into their image's metadata
+        (e.g. ``{"sku": "A-12", "gps": [48.85, 2.35]}``).
+
+        Example:
+            >>> col.add(["shoe.jpg"], metadata={"shoe.jpg": {"sku": "A-12"}})  # doctest: +SKIP
         """
         files = _expand(paths)
-        return self._index_files(files, set(), progress, batch_size, workers)
+        given = {_resolve(p): dict(m) for p, m in (metadata or {}).items()}
+        return self._index_files(files, set(), progress, batch_size, workers, given)
 
     def sync(
         self,
@@ -393,11 +400,27 @@ class Collection:
         progress: Progress | None,
         batch_size: int,
         workers: int | None,
+        metadata: dict[str, dict] | None = None,
     ) -> IndexReport:
         with _WriteLock(self.path), self._lock:
-            return _Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1)).run(
-                files, prune_prefixes, progress
-            )
+            indexer = _Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1))
+            indexer.metadata = metadata or {}
+            return indexer.run(files, prune_prefixes, progress)
+
+    def get(self, image_id: int) -> ImageRecord | None:
+        """The stored record of one image (files, size, metadata), or None."""
+        return self.catalogue.images([int(image_id)])[0]
+
+    def update_metadata(self, image_id: int, metadata: Mapping[str, object]) -> dict:
+        """Merge ``metadata`` into an image's metadata (a None value deletes a key)."""
+        with self._lock:
+            record = self.get(image_id)
+            if record is None:
+                raise CollectionError(f"no image {image_id} in {self.path}")
+            merged = {**record.metadata, **metadata}
+            merged = {k: v for k, v in merged.items() if v is not None}
+            self.catalogue.set_metadata(int(image_id), merged)
+            return merged
 
     def remove(self, paths: Iterable[str | Path]) -> int:
         """Forget files (or every file under a folder); returns the number of files removed."""
@@ -572,6 +595,7 @@ class _Indexer:
         self.batch_size = max(1, batch_size)
         self.workers = workers
         self.report = IndexReport()
+        self.metadata: dict[str, dict] = {}
 
     def run(self, files: list[str], prune: set[str], progress: Progress | None) -> IndexReport:
         start = time.perf_counter()
@@ -590,6 +614,8 @@ class _Indexer:
             if path in known:
                 if known[path][0] == state:
                     self.report.unchanged += 1
+                    if path in self.metadata:
+                        self.col.update_metadata(known[path][1], self.metadata[path])
                     continue
                 self.replaced.add(path)
             elif path in skips and skips[path][0] == state:
@@ -664,6 +690,8 @@ class _Indexer:
             if others:
                 self.report.duplicates.append((item.path, others[0]))
         self.cat.link_file(item.path, image_id, item.state)
+        if item.path in self.metadata:
+            self.col.update_metadata(image_id, self.metadata[item.path])
 
     def _flush(self) -> None:
         if self.pending:
@@ -680,6 +708,7 @@ class _Indexer:
                         width=item.width,
                         height=item.height,
                         vectors={space: v[i] for space, v in vectors.items()},
+                        metadata=self.metadata.get(item.path, {}),
                     )
                     for i, item in enumerate(batch)
                 ]
@@ -718,6 +747,10 @@ class _WriteLock:
     def __exit__(self, *_: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def _resolve(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _expand(paths: Iterable[str | Path]) -> list[str]:
