@@ -52,7 +52,7 @@ from lookalike.metrics import (
     recall_at_precision,
     ukbench_score,
 )
-from lookalike.models import Embedder
+from lookalike.models import Embedder, load_embedder
 from lookalike.report import Hit, QueryResult
 
 __all__ = ["EvalError", "EvalResult", "cache_collection_path", "evaluate"]
@@ -174,8 +174,8 @@ class EvalResult:
         )
 
 
-def cache_collection_path(dataset: str | Path, model: str) -> Path:
-    """The cache collection for ``dataset`` and ``model``: one per (resolved path, model).
+def cache_collection_path(dataset: str | Path, model: str, version: str = "") -> Path:
+    """The cache collection for ``dataset``: one per (resolved path, model, model version).
 
     Under ``$LOOKALIKE_EVAL_CACHE`` if set, else the user cache folder's ``lookalike/eval``.
 
@@ -184,7 +184,8 @@ def cache_collection_path(dataset: str | Path, model: str) -> Path:
         'corel1k-efficientnet-lite0-5d41402abc4b'
     """
     resolved = Path(dataset).expanduser().resolve()
-    digest = hashlib.blake2b(f"{resolved}\0{model}".encode(), digest_size=6).hexdigest()
+    key = f"{resolved}\0{model}\0{version}"
+    digest = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
     env = os.environ.get("LOOKALIKE_EVAL_CACHE")
     if env:
         root = Path(env)
@@ -232,7 +233,9 @@ def evaluate(
     ev = load_eval_set(dataset, layout)
     if collection is None:
         model = model or (embedder.name if embedder is not None else DEFAULT_MODEL)
-        collection = cache_collection_path(dataset, model)
+        embedder = embedder or load_embedder(model)  # cheap: the network loads on first use
+        # Keyed by the model's version too: a new descriptor gets a new cache, never an error.
+        collection = cache_collection_path(dataset, model, embedder.version)
     with Collection.open(collection, create=True, model=model, embedder=embedder) as col:
         report = col.add([str(p) for p in ev.paths], progress=progress)
         if report.interrupted:  # what was embedded is committed: the next run resumes
