@@ -37,8 +37,16 @@ class FaissIndex:
         """Top-k by inner product."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = max(1, min(k, max(len(self), 1)))
-        scores, ids = self.index.search(queries, k)
-        return scores, ids
+        if len(queries) > 16:
+            return self.index.search(queries, k)
+        # A few queries: FAISS's OpenMP pool costs more to wake than the search itself
+        # (1.2 ms against 0.03 ms for one query over 1000 vectors on 2 busy cores).
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(queries, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

@@ -294,30 +294,36 @@ class EfficientNetLite:
         self.dim = 1280 + (1000 if fusion > 0 else 0)
         self.version = f"{name}/{precision}/{self.input_size}/avg+probs{fusion:g}/v2"
         self._threads = threads
-        self._session = None
+        self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
 
     @property
     def session(self):
-        """The ONNX Runtime session, created on first use."""
+        """The ONNX Runtime session for batches (all cores), created on first use."""
+        return self._get_session(self._threads or (os.cpu_count() or 1))
+
+    def _get_session(self, threads: int):
         with self._lock:
-            if self._session is None:
+            if threads not in self._sessions:
                 import onnxruntime as ort
 
                 options = ort.SessionOptions()
-                options.intra_op_num_threads = self._threads or (os.cpu_count() or 1)
+                options.intra_op_num_threads = threads
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 model = onnx_model(self.name, self.precision)
-                self._session = ort.InferenceSession(
+                self._sessions[threads] = ort.InferenceSession(
                     str(model), options, providers=["CPUExecutionProvider"]
                 )
-        return self._session
+        return self._sessions[threads]
 
     def forward(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Run the network: the (n, 1280, h, w) feature map and the (n, 1000) logits."""
         if not images:
             return np.zeros((0, 1280, 1, 1), np.float32), np.zeros((0, 1000), np.float32)
-        fmap, logits = self.session.run(None, {"image": preprocess(images, self.input_size)})
+        # One or two images (a query) run on one thread: splitting so little work across
+        # threads costs more than it saves, and concurrent queries each keep a core.
+        session = self._get_session(1) if len(images) <= 2 else self.session
+        fmap, logits = session.run(None, {"image": preprocess(images, self.input_size)})
         return fmap, logits
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
