@@ -5,7 +5,20 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install system-deps demo test lint format bench clean
+
+# Debian packages some tests drive for real: the browser for the web page, PostgreSQL for the
+# catalogue tests. Installed when missing; without them those tests skip, the rest still run.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+			|| echo "warning: could not install$$missing; the tests that need them will skip"; \
+	fi
 
 install: $(STAMP)
 
@@ -20,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) scripts/demo.py --out demo-out
 
-test: install
+test: install system-deps
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/pytest -q

@@ -199,6 +199,8 @@ class Collection:
             )
         manifest = _upgrade_manifest(json.loads(manifest_path.read_text()), path)
         built_with = manifest["model"]["name"]
+        if model is not None and Path(model).expanduser().is_dir():  # a trained model folder
+            model = str(Path(model).expanduser().resolve())  # is recorded by its absolute path
         if model is not None and model != built_with:
             raise CollectionError(
                 f"{path} was built with model {built_with!r}, not {model!r}; use another "

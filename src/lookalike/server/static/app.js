@@ -1,0 +1,306 @@
+// The lookalike web page: plain JS over the REST API, with the API key kept in localStorage.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { key: localStorage.getItem("lookalike-key") || "", catalog: "", query: null,
+  region: null, current: null };
+
+function say(text, isError = false) {
+  $("message").textContent = text;
+  $("message").classList.toggle("error", isError);
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: `Bearer ${state.key}` };
+  const response = await fetch(path, { ...options, headers });
+  if (!response.ok) {
+    let message = `${response.status}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+const apiJson = async (path, options) => (await api(path, options)).json();
+
+// Images need the key too, so they are fetched and shown as object URLs.
+const blobUrls = [];
+async function imageUrl(path) {
+  const url = URL.createObjectURL(await (await api(path)).blob());
+  blobUrls.push(url);
+  return url;
+}
+
+// -- key and catalogues ----------------------------------------------------------------------
+async function useKey(key) {
+  state.key = key;
+  localStorage.setItem("lookalike-key", key);
+  try {
+    const me = await apiJson("/me");
+    say(`Signed in as ${me.name}.`);
+    await loadCatalogs();
+  } catch (error) {
+    say(`Key refused: ${error.message}`, true);
+  }
+}
+
+async function loadCatalogs(select) {
+  const { catalogs } = await apiJson("/catalogs");
+  const menu = $("catalog");
+  menu.replaceChildren(...catalogs.map((c) => new Option(c.name, c.id)));
+  if (!catalogs.length) menu.append(new Option("— none yet: create one —", ""));
+  state.catalog = select || (catalogs.some((c) => c.id === state.catalog) ? state.catalog
+    : (catalogs[0] || {}).id || "");
+  menu.value = state.catalog;
+  if (!catalogs.length) $("manage").open = true;
+  await showCatalogInfo();
+}
+
+async function showCatalogInfo() {
+  if (!state.catalog) { $("catalog-info").textContent = ""; return; }
+  const info = await apiJson(`/catalogs/${state.catalog}`);
+  $("catalog-info").textContent = `${info.images} images · ${info.model} · ${info.right}`;
+}
+
+async function createCatalog(name) {
+  const entry = await apiJson("/catalogs", { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name }) });
+  await loadCatalogs(entry.id);
+  say(`Created ${name}.`);
+}
+
+async function deleteCatalog() {
+  const name = $("catalog").selectedOptions[0]?.text;
+  if (!state.catalog || !confirm(`Delete the catalogue ${name} and all its images?`)) return;
+  await api(`/catalogs/${state.catalog}`, { method: "DELETE" });
+  state.catalog = "";
+  $("results").replaceChildren();
+  await loadCatalogs();
+  say(`Deleted ${name}.`);
+}
+
+// -- uploads ---------------------------------------------------------------------------------
+const BATCH = 8;
+async function uploadFiles(fileList) {
+  const files = [...fileList].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|gif|bmp|tiff?|heic|heif)$/i.test(f.name));
+  if (!state.catalog) { say("Create a catalogue first.", true); return; }
+  if (!files.length) { say("No images in that selection.", true); return; }
+  $("upload-status").hidden = false;
+  let added = 0, failed = 0;
+  for (let start = 0; start < files.length; start += BATCH) {
+    const form = new FormData();
+    const batch = files.slice(start, start + BATCH);
+    batch.forEach((file) => form.append("files", file, file.name));
+    form.append("metadata", JSON.stringify(batch.map((f) => ({ filename: f.webkitRelativePath || f.name }))));
+    try {
+      const body = await (await fetch(`/catalogs/${state.catalog}/images?wait=true`, {
+        method: "POST", body: form, headers: { Authorization: `Bearer ${state.key}` } })).json();
+      added += body.added || 0;
+      failed += batch.length - (body.added || 0);
+    } catch (error) {
+      failed += batch.length;
+    }
+    const done = Math.min(start + BATCH, files.length);
+    $("upload-progress").value = done / files.length;
+    $("upload-text").textContent = `${done} / ${files.length}`;
+  }
+  say(`Uploaded ${added} image${added === 1 ? "" : "s"}${failed ? `, ${failed} refused` : ""}.`, failed > 0 && !added);
+  await showCatalogInfo();
+}
+
+// -- query image and region ------------------------------------------------------------------
+function setQuery(file) {
+  if (!file || !file.type.startsWith("image/")) { say("That is not an image.", true); return; }
+  state.query = file;
+  state.region = null;
+  $("box").hidden = true;
+  $("query-image").src = URL.createObjectURL(file);
+  $("query-wrap").hidden = false;
+  $("drop-hint").hidden = true;
+  $("region-hint").hidden = false;
+  $("text").value = "";
+  search();
+}
+
+function setupBox() {
+  const wrap = $("query-wrap"), box = $("box");
+  let start = null;
+  const point = (event) => {
+    const rect = wrap.getBoundingClientRect();
+    return { x: Math.min(Math.max(event.clientX - rect.left, 0), rect.width),
+      y: Math.min(Math.max(event.clientY - rect.top, 0), rect.height), w: rect.width, h: rect.height };
+  };
+  wrap.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    wrap.setPointerCapture(event.pointerId);
+    start = point(event);
+  });
+  wrap.addEventListener("pointermove", (event) => {
+    if (!start) return;
+    const p = point(event);
+    Object.assign(box.style, { left: `${Math.min(start.x, p.x)}px`, top: `${Math.min(start.y, p.y)}px`,
+      width: `${Math.abs(p.x - start.x)}px`, height: `${Math.abs(p.y - start.y)}px` });
+    box.hidden = false;
+  });
+  wrap.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const p = point(event);
+    const w = Math.abs(p.x - start.x), h = Math.abs(p.y - start.y);
+    if (w > 10 && h > 10) {
+      state.region = [Math.min(start.x, p.x) / p.w, Math.min(start.y, p.y) / p.h, w / p.w, h / p.h];
+      search();
+    } else {
+      box.hidden = true;
+    }
+    start = null;
+  });
+}
+
+// -- search and results ----------------------------------------------------------------------
+async function search() {
+  if (!state.catalog) { say("Choose or create a catalogue first.", true); return; }
+  const text = $("text").value.trim();
+  const k = $("k").value || "12";
+  const form = new FormData();
+  form.append("k", k);
+  if (text) {
+    form.append("text", text);
+  } else if (state.query) {
+    form.append("file", state.query, "query");
+    if (state.region) form.append("region", state.region.map((v) => v.toFixed(4)).join(","));
+  } else {
+    say("Drop an image or type a text.", true);
+    return;
+  }
+  say("Searching…");
+  try {
+    const started = performance.now();
+    const { results } = await apiJson(`/catalogs/${state.catalog}/search`, { method: "POST", body: form });
+    await showGrid(results, true);
+    say(`${results.length} result${results.length === 1 ? "" : "s"} in ${Math.round(performance.now() - started)} ms.`);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function browse() {
+  if (!state.catalog) return;
+  const page = await apiJson(`/catalogs/${state.catalog}/images?limit=200`);
+  await showGrid(page.images, false);
+  say(`${page.total} image${page.total === 1 ? "" : "s"} in this catalogue${page.total > 200 ? " (first 200 shown)" : ""}.`);
+}
+
+async function showGrid(items, withScores) {
+  blobUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
+  const cards = items.map((item) => {
+    const card = document.createElement("button");
+    card.className = "card";
+    card.type = "button";
+    card.dataset.id = item.id;
+    const img = document.createElement("img");
+    img.alt = item.metadata.title || item.metadata.filename || `image ${item.id}`;
+    img.loading = "lazy";
+    const caption = document.createElement("div");
+    caption.className = "caption";
+    const name = document.createElement("span");
+    const filename = (item.metadata.filename || "").split("/").pop();
+    name.textContent = item.metadata.title || item.metadata.sku || filename || `#${item.id}`;
+    name.title = name.textContent;
+    name.className = "name muted";
+    caption.append(name);
+    if (withScores) {
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = item.score.toFixed(3);
+      caption.append(score);
+    }
+    card.append(img, caption);
+    card.addEventListener("click", () => openDetails(item));
+    imageUrl(item.thumbnail).then((url) => { img.src = url; }).catch(() => {});
+    return card;
+  });
+  $("results").replaceChildren(...cards);
+}
+
+async function openDetails(item) {
+  state.current = item;
+  $("detail-image").src = "";
+  const rows = [["id", item.id], ["size", `${item.width} × ${item.height}`]];
+  if (item.score !== undefined) rows.push(["score", item.score.toFixed(4)]);
+  for (const [key, value] of Object.entries(item.metadata)) rows.push([key, typeof value === "string" ? value : JSON.stringify(value)]);
+  $("detail-meta").replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = k; dd.textContent = v;
+    return [dt, dd];
+  }));
+  $("details").showModal();
+  $("detail-image").src = await imageUrl(item.original);
+}
+
+async function deleteCurrent() {
+  const item = state.current;
+  if (!item || !confirm(`Delete image #${item.id}?`)) return;
+  try {
+    await api(`/catalogs/${state.catalog}/images/${item.id}`, { method: "DELETE" });
+    $("details").close();
+    document.querySelector(`.card[data-id="${item.id}"]`)?.remove();
+    say(`Deleted image #${item.id}.`);
+    await showCatalogInfo();
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function searchWithCurrent() {
+  const item = state.current;
+  const blob = await (await api(item.original)).blob();
+  $("details").close();
+  setQuery(new File([blob], `image-${item.id}`, { type: blob.type || "image/jpeg" }));
+}
+
+// -- wiring ----------------------------------------------------------------------------------
+function wire() {
+  const run = (fn) => (...args) => fn(...args).catch((error) => say(error.message, true));
+  $("key-form").addEventListener("submit", (event) => { event.preventDefault(); useKey($("key").value.trim()); });
+  $("catalog").addEventListener("change", run(async () => {
+    state.catalog = $("catalog").value;
+    $("results").replaceChildren();
+    await showCatalogInfo();
+  }));
+  $("create-form").addEventListener("submit", run(async (event) => {
+    event.preventDefault();
+    await createCatalog($("new-name").value.trim());
+    $("new-name").value = "";
+  }));
+  $("delete-catalog").addEventListener("click", run(deleteCatalog));
+  $("browse").addEventListener("click", run(browse));
+  for (const id of ["folder", "files"]) {
+    $(id).addEventListener("change", run(async (event) => { await uploadFiles(event.target.files); event.target.value = ""; }));
+  }
+  $("query-file").addEventListener("change", (event) => {
+    setQuery(event.target.files[0]);
+    event.target.value = ""; // so that picking the same file again searches again
+  });
+  $("text-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
+  $("clear-box").addEventListener("click", () => { state.region = null; $("box").hidden = true; search(); });
+  $("detail-delete").addEventListener("click", deleteCurrent);
+  $("detail-search").addEventListener("click", run(searchWithCurrent));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    setQuery(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (file) setQuery(file);
+  });
+  setupBox();
+  $("key").value = state.key;
+  if (state.key) useKey(state.key);
+  else say("Enter your API key to start.");
+}
+
+wire();

@@ -1,0 +1,132 @@
+"""The web page in headless Chromium (Debian's, driven by Playwright) against a real uvicorn
+server on loopback: sign in with a key, create a catalogue, upload a folder, search by image and
+by a region, read the text-search answer, open a result, delete it, delete the catalogue.
+Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import PHOTOS, skimage_photo
+from .test_server import ADMIN, make_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture
+def server_url(tmp_path, embedder):
+    uvicorn = pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app(tmp_path / "data", embedder)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def page():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless", "--disable-gpu"]
+        )
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.on("dialog", lambda dialog: dialog.accept())  # the confirm() before deleting
+        yield page
+        browser.close()
+
+
+def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(server_url)
+    page.fill("#key", ADMIN)
+    page.click("#key-form button")
+    expect(page.locator("#message")).to_contain_text("Signed in as admin")
+
+    page.fill("#new-name", "Photos")
+    page.click("#create-form button")
+    expect(page.locator("#catalog option")).to_have_text(["Photos"])
+
+    page.set_input_files("#folder", str(photo_dir))
+    expect(page.locator("#message")).to_contain_text(f"Uploaded {len(PHOTOS)} images")
+    expect(page.locator("#catalog-info")).to_contain_text(f"{len(PHOTOS)} images")
+
+    query = tmp_path / "query.jpg"
+    skimage_photo("chelsea").crop((30, 10, 400, 290)).save(query, quality=70)
+    page.set_input_files("#query-file", str(query))
+    cards = page.locator("#results .card")
+    expect(cards).to_have_count(len(PHOTOS))
+    expect(cards.first.locator(".caption")).to_contain_text("chelsea.jpg")
+    score = float(cards.first.locator(".score").inner_text())
+    assert 0.5 < score <= 1.0
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    )
+    page.screenshot(path=str(ARTIFACTS / "web-search.png"), full_page=True)
+
+    # Draw a box over the cat's head: the region is searched.
+    box = page.locator("#query-image").bounding_box()
+    with page.expect_response(re.compile(r"/search$")) as answer:
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.1)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.9, steps=5)
+        page.mouse.up()
+    region_hits = answer.value.json()["results"]
+    assert region_hits[0]["score"] != score  # another query: the region, not the whole image
+    expect(page.locator("#box")).to_be_visible()
+    expect(page.locator("#message")).to_contain_text(re.compile(r"results? in \d+ ms"))
+    expect(cards.first.locator(".caption")).to_contain_text("chelsea.jpg")
+
+    # This model has no text side: the page says so.
+    page.fill("#text", "a cat")
+    page.click("#search")
+    expect(page.locator("#message")).to_contain_text("no text side")
+
+    # Open the best result, then delete it.
+    page.fill("#text", "")
+    page.set_input_files("#query-file", str(query))
+    expect(page.locator("#message")).to_contain_text(re.compile(r"results? in \d+ ms"))
+    expect(cards.first.locator(".caption")).to_contain_text("chelsea.jpg")
+    cards.first.click()
+    expect(page.locator("#details")).to_be_visible()
+    expect(page.locator("#detail-meta")).to_contain_text("chelsea.jpg")
+    page.click("#detail-delete")
+    expect(page.locator("#details")).to_be_hidden()
+    expect(cards).to_have_count(len(PHOTOS) - 1)
+    expect(page.locator("#catalog-info")).to_contain_text(f"{len(PHOTOS) - 1} images")
+
+    # A phone-sized screen shows the same page in two columns.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("#browse")
+    expect(page.locator("#message")).to_contain_text("images in this catalogue")
+    expect(cards).to_have_count(len(PHOTOS) - 1)
+    first, second = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
+    assert first["y"] == second["y"] and second["x"] + second["width"] <= 390
+    page.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
+
+    page.click("#delete-catalog")
+    expect(page.locator("#message")).to_contain_text("Deleted Photos")
+    expect(page.locator("#catalog option")).to_have_count(1)
+    expect(page.locator("#results .card")).to_have_count(0)
