@@ -292,7 +292,7 @@ class EfficientNetLite:
         self.precision = precision
         self.fusion = fusion
         self.dim = 1280 + (1000 if fusion > 0 else 0)
-        self.version = f"{name}/{precision}/{self.input_size}/avg+probs{fusion:g}/v2"
+        self.version = f"{name}/{precision}/{self.input_size}/avg+probs{fusion:g}/v3"
         self._threads = threads
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
@@ -316,22 +316,45 @@ class EfficientNetLite:
                 )
         return self._sessions[threads]
 
-    def forward(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """Run the network: the (n, 1280, h, w) feature map and the (n, 1000) logits."""
+    def forward(
+        self, images: Sequence[Image.Image], size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network at ``size`` (default: the input size): the (n, 1280, h, w) feature
+        map and the (n, 1000) logits."""
         if not images:
             return np.zeros((0, 1280, 1, 1), np.float32), np.zeros((0, 1000), np.float32)
         # One or two images (a query) run on one thread: splitting so little work across
         # threads costs more than it saves, and concurrent queries each keep a core.
         session = self._get_session(1) if len(images) <= 2 else self.session
-        fmap, logits = session.run(None, {"image": preprocess(images, self.input_size)})
+        batch = preprocess(images, size or self.input_size)
+        fmap, logits = session.run(None, {"image": batch})
         return fmap, logits
+
+    def side(self, image: Image.Image) -> int:
+        """The input size for ``image``: the larger input size pays off only for images that
+        have the pixels for it; smaller ones run at the native size rather than being blown up
+        (on 64-px Tiny ImageNet images, 288 px lost 0.07 mAP against 224: docs/benchmarks.md)."""
+        native = VARIANTS[self.name].native_size
+        return self.input_size if min(image.size) >= native else min(native, self.input_size)
+
+    def pooled(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Average-pooled features (n, 1280) and logits (n, 1000), each image at its side."""
+        sides = [self.side(image) for image in images]
+        features = np.zeros((len(images), 1280), np.float32)
+        logits = np.zeros((len(images), 1000), np.float32)
+        for side in sorted(set(sides)):
+            where = [i for i, s in enumerate(sides) if s == side]
+            fmap, group_logits = self.forward([images[i] for i in where], side)
+            features[where] = gem(fmap, 1.0)
+            logits[where] = group_logits
+        return features, logits
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dim) L2-normalised descriptors."""
-        fmap, logits = self.forward(images)
+        features, logits = self.pooled(images)
         if self.fusion <= 0:
-            return l2_normalise(gem(fmap, 1.0))
-        return fuse(gem(fmap, 1.0), logits, self.fusion)
+            return l2_normalise(features)
+        return fuse(features, logits, self.fusion)
 
     def class_probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """The ImageNet class probabilities inside fused descriptors (exactly recoverable: the
