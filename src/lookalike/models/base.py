@@ -104,4 +104,4 @@ def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _import_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from lookalike.models import efficientnet  # noqa: F401
+    from lookalike.models import efficientnet, sscd  # noqa: F401
