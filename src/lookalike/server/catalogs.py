@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from lookalike.collection import Collection, CollectionError, SearchResult
@@ -339,11 +338,9 @@ class Catalogs:
         return [hit_json(catalog_id, h) for h in hits[:k]]
 
     def _text_search(self, col: Collection, text: str, k: int) -> list[SearchResult]:
-        if "text" not in col.spaces():
+        if not col.has_text():
             raise BadRequestError("this catalogue's model has no text side: search it by image")
-        embedder = col.space_embedder("text")
-        vector = np.asarray(embedder.embed_text([text]), dtype=np.float32)[0]  # type: ignore[attr-defined]
-        return col.search(vector, k=k, space="text")
+        return col.search_text(text, k)
 
 
 def crop(image: Image.Image, region: Sequence[float]) -> Image.Image:
