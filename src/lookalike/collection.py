@@ -42,7 +42,14 @@ from lookalike.images import decode
 from lookalike.index import VectorIndex, create_index, load_index
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.models import Embedder, load_embedder
-from lookalike.store import FileState, ImageRecord, NewImage, SQLiteCatalogue
+from lookalike.store import (
+    CatalogueError,
+    FileState,
+    ImageRecord,
+    NewImage,
+    SQLiteCatalogue,
+    open_catalogue,
+)
 
 #: Version of the folder layout and manifest; see ``_upgrade_manifest`` for older ones.
 FORMAT_VERSION = 1
@@ -79,6 +86,10 @@ class SearchResult:
     width: int = 0
     height: int = 0
     metadata: dict = field(default_factory=dict)
+    # Set by geometric verification (copies.verify_results); None when not checked.
+    verified: bool | None = None
+    inliers: int | None = None
+    region: tuple[int, int, int, int] | None = None
 
     def to_dict(self) -> dict:
         """The JSON form: ``path``, ``score``, ``id`` (the public contract) and extras."""
@@ -87,6 +98,10 @@ class SearchResult:
             out["duplicates"] = list(self.paths[1:])
         if self.metadata:
             out["metadata"] = self.metadata
+        if self.verified is not None:
+            out["verified"] = bool(self.verified)
+            out["inliers"] = int(self.inliers or 0)
+            out["region"] = list(self.region) if self.region else None
         return out
 
 
@@ -131,7 +146,10 @@ class Collection:
     def __init__(self, path: Path, manifest: dict, embedder: Embedder | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        self.catalogue = SQLiteCatalogue(path / "catalogue.sqlite")
+        try:
+            self.catalogue = open_catalogue(manifest.get("catalogue") or path / "catalogue.sqlite")
+        except CatalogueError as exc:  # e.g. a PostgreSQL server that cannot be reached
+            raise CollectionError(str(exc)) from exc
         self._embedder = embedder
         self._indexes: dict[str, tuple[VectorIndex, int]] = {}
         self._space_embedders: dict[str, Embedder] = {}
@@ -147,13 +165,27 @@ class Collection:
         model: str = DEFAULT_MODEL,
         index: str = DEFAULT_INDEX,
         embedder: Embedder | None = None,
+        catalogue: str | None = None,
+        copy_model: str | None = None,
     ) -> Collection:
-        """Create an empty collection in ``path`` (a new or empty folder)."""
+        """Create an empty collection in ``path`` (a new or empty folder).
+
+        ``copy_model``: also compute a copy-detection space (``"sscd-mobile"`` or ``"sscd"``,
+        see ``lookalike.copies``) at indexing time.
+
+        ``catalogue``: where images and vectors are kept, e.g. ``postgresql://host/db``
+        (recorded in the manifest); by default ``catalogue.sqlite`` in the folder.
+        """
         path = Path(path).expanduser()
         if (path / "manifest.json").exists():
             raise CollectionError(f"{path} already holds a collection")
         embedder = embedder or load_embedder(model)
         create_index(index, embedder.dim)  # fail now on an unknown kind, not at first search
+        if catalogue is not None:  # fail before writing a manifest that points to nowhere
+            try:
+                open_catalogue(catalogue).close()
+            except CatalogueError as exc:
+                raise CollectionError(str(exc)) from exc
         path.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": "lookalike-collection",
@@ -172,6 +204,12 @@ class Collection:
         }
         if _has_text_side(embedder):
             manifest["spaces"][TEXT_SPACE] = _text_space_spec()
+        if catalogue is not None:
+            manifest["catalogue"] = str(catalogue)
+        if copy_model is not None:
+            from lookalike.copies import COPY_SPACE, copy_space_spec
+
+            manifest["spaces"][COPY_SPACE] = copy_space_spec(load_embedder(copy_model))
         _write_json(path / "manifest.json", manifest)
         return cls(path, manifest, embedder)
 
@@ -184,8 +222,11 @@ class Collection:
         model: str | None = None,
         index: str = DEFAULT_INDEX,
         embedder: Embedder | None = None,
+        catalogue: str | None = None,
+        copy_model: str | None = None,
     ) -> Collection:
-        """Open the collection in ``path``; with ``create=True`` make it if it does not exist.
+        """Open the collection in ``path``; with ``create=True`` make it if it does not exist
+        (``catalogue``: see :meth:`create`; when opening, it must match the recorded one).
 
         Raises:
             CollectionError: not a collection, written by a newer lookalike, or ``model`` is not
@@ -196,7 +237,12 @@ class Collection:
         if not manifest_path.exists():
             if create:
                 return cls.create(
-                    path, model=model or DEFAULT_MODEL, index=index, embedder=embedder
+                    path,
+                    model=model or DEFAULT_MODEL,
+                    index=index,
+                    embedder=embedder,
+                    catalogue=catalogue,
+                    copy_model=copy_model,
                 )
             raise CollectionError(
                 f"no collection at {path}: create one with `lookalike index FOLDER "
@@ -213,6 +259,11 @@ class Collection:
             )
         if embedder is not None and embedder.name != built_with:
             raise CollectionError(f"{path} was built with {built_with!r}, not {embedder.name!r}")
+        if catalogue is not None and str(catalogue) != manifest.get("catalogue"):
+            raise CollectionError(
+                f"{path} keeps its catalogue in {manifest.get('catalogue') or 'catalogue.sqlite'}"
+                f", not {catalogue}"
+            )
         return cls(path, manifest, embedder)
 
     @property
@@ -281,13 +332,14 @@ class Collection:
 
     # -- text search -----------------------------------------------------------------------
     def has_text(self) -> bool:
-        """Whether text queries work: the model's descriptors carry class probabilities."""
-        return _has_text_side(self.embedder)
+        """Whether text queries work: a model with a text side (CLIP) or descriptors that
+        carry class probabilities (the default)."""
+        return _joint_text(self.embedder) or _has_text_side(self.embedder)
 
     @property
     def text_model(self):
         """The offline text model (ConSE over ImageNet classes), loaded on first use."""
-        if not self.has_text():
+        if not _has_text_side(self.embedder):
             raise CollectionError(
                 f"{self.path} was built with {self.model_name!r}, which has no text side: "
                 "text search needs a model whose descriptor carries class probabilities "
@@ -322,14 +374,16 @@ class Collection:
         minus = [_weighted(t) for t in negative]
         if not terms and not images:
             raise CollectionError("a text query needs at least one text or image")
-        query = np.zeros(self.text_model.dim, np.float32)
+        joint = _joint_text(self.embedder)  # CLIP: text and images share the image space
+        model = self.embedder if joint else self.text_model
+        query = np.zeros(self.dim if joint else model.dim, np.float32)
         if terms or minus:
-            vectors = self.text_model.text_vectors([t for t, _ in terms + minus])
+            vectors = model.embed_text([t for t, _ in terms + minus])
             weights = [w for _, w in terms] + [-w for _, w in minus]
             query += np.asarray(weights, np.float32) @ vectors
         if images:
-            seen = self._text_vectors_of(self.embed(list(images)))
-            query += image_weight * seen.sum(axis=0)
+            seen = self.embed(list(images))
+            query += image_weight * (seen if joint else self._text_vectors_of(seen)).sum(axis=0)
         return l2n(query[None])
 
     def search_text(
@@ -352,6 +406,8 @@ class Collection:
         if isinstance(texts, str):
             texts = [texts]
         query = self.text_query(texts, negative=negative, images=images)
+        if _joint_text(self.embedder):
+            return self.search_vectors(query, k, expand=0)[0]
         spec = self.spaces().get(TEXT_SPACE)
         if spec is not None and spec.get("version") == self.text_model.version:
             return self.search_vectors(query, k, space=TEXT_SPACE)[0]
@@ -370,7 +426,7 @@ class Collection:
     def enable_text(self) -> bool:
         """Add (or refresh) the stored text space from the stored descriptors, so text search
         uses an index; returns whether anything was written. ``add``/``sync`` call it."""
-        if not self.has_text():
+        if not _has_text_side(self.embedder):  # CLIP searches text in its own image space
             return False
         spec = _text_space_spec(self.text_model)
         if self.spaces().get(TEXT_SPACE) == spec and not self.catalogue.ids_missing(TEXT_SPACE):
@@ -394,6 +450,10 @@ class Collection:
     def index(self, space: str = IMAGE_SPACE) -> VectorIndex:
         """The index of ``space``, loaded or rebuilt so that it agrees with the catalogue."""
         if space not in self.spaces():
+            if space == "copy":
+                from lookalike.copies import how_to_add
+
+                raise CollectionError(how_to_add(self.path))
             raise CollectionError(f"{self.path} has no {space!r} vectors")
         with self._lock:
             generation = self.catalogue.generation()
@@ -601,13 +661,42 @@ class Collection:
         *,
         space: str = IMAGE_SPACE,
         expand: int | None = None,
+        verify: bool = False,
     ) -> list[SearchResult]:
         """The ``k`` images most similar to ``query``, best first (score = cosine similarity).
 
         ``query`` is a path, the bytes of an image file, a PIL image, or a vector. ``expand``:
-        see :meth:`search_vectors`.
+        see :meth:`search_vectors`. ``space="copy"`` finds edited copies (see
+        :meth:`add_copy_space`); ``verify=True`` re-ranks the hits by keypoint matching and
+        fills their ``verified``, ``inliers`` and ``region`` (``copies.verify_results``).
         """
-        return self.search_vectors(self.embed([query], space), k, space=space, expand=expand)[0]
+        self.index(space)  # a missing space fails here, before the model is loaded
+        results = self.search_vectors(self.embed([query], space), k, space=space, expand=expand)
+        if verify:
+            from lookalike.copies import verify_results
+
+            results = verify_results(query, results[0])
+            return results
+        return results[0]
+
+    def add_copy_space(self, model: str | None = None, *, progress: Progress | None = None):
+        """Add (or complete) the copy-detection space by re-decoding the stored images' files;
+        returns a ``copies.CopySpaceReport`` (``missing``: files that are gone).
+
+        Example:
+            >>> col.add_copy_space("sscd-mobile").embedded  # doctest: +SKIP
+            1200
+        """
+        from lookalike.copies import DEFAULT_COPY_MODEL, add_copy_space
+
+        return add_copy_space(self, model or DEFAULT_COPY_MODEL, progress=progress)
+
+    def duplicates(self, threshold: float | None = None, k: int = 10, verify: bool = False):
+        """Groups of exact and near-duplicate images (``copies.DuplicateGroup``), each with a
+        suggested original; see ``copies.duplicates``."""
+        from lookalike.copies import duplicates
+
+        return duplicates(self, threshold, k, verify)
 
     def search_many(
         self,
@@ -883,6 +972,11 @@ class _WriteLock:
     def __exit__(self, *_: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def _joint_text(embedder: Embedder) -> bool:
+    """A model that embeds text in its own image space (CLIP)."""
+    return hasattr(embedder, "embed_text")
 
 
 def _has_text_side(embedder: Embedder) -> bool:

@@ -79,11 +79,16 @@ def available() -> list[str]:
 def load_embedder(name: str, **options: object) -> Embedder:
     """Build the embedder registered as ``name``.
 
-    ``name`` may also be a directory holding a trained model (see ``lookalike train``) when an
-    embedder family has registered a loader for directories under the name ``"dir"``.
+    ``name`` may also be ``family:argument`` (``clip:/models/clip-b32``: the family's factory
+    gets ``path=argument``), or a directory holding a trained model (see ``lookalike train``)
+    when an embedder family has registered a loader for directories under the name ``"dir"``.
     """
     _import_builtin()
     factory = _REGISTRY.get(name)
+    family, colon, argument = name.partition(":")
+    if factory is None and colon and family in _REGISTRY:  # "clip:/models/clip-b32"
+        factory = _REGISTRY[family]
+        options = {"path": argument, **options}
     if factory is None and "dir" in _REGISTRY:
         from pathlib import Path
 
@@ -104,4 +109,9 @@ def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _import_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from lookalike.models import efficientnet, sscd  # noqa: F401
+    from lookalike.models import (  # noqa: F401
+        clip,
+        efficientnet,
+        sscd,
+        trained,
+    )
