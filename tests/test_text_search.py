@@ -67,3 +67,12 @@ def test_cli_text_search_json(tmp_path, photo_dir) -> None:
     assert first["query"] == "a cat" and Path(first["results"][0]["path"]).stem == "chelsea"
     assert Path(second["results"][0]["path"]).stem == "coffee"
     assert set(first["results"][0]) >= {"path", "score", "id"}
+
+
+def test_text_model_version_is_stable_across_loading(col) -> None:
+    from lookalike.models.text import ConSE
+
+    fresh = ConSE()
+    before = fresh.version
+    fresh.text_vectors(["a cat"])  # loads the sentence model
+    assert fresh.version == before == col.spaces()["text"]["version"]

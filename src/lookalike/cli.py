@@ -105,10 +105,40 @@ def index(
     batch_size: Annotated[int, typer.Option(help="Images per batch through the model.")] = 32,
     workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
     as_json: JsonOpt = False,
+    catalogue: Annotated[
+        str | None, typer.Option(help="Catalogue of a new collection: postgresql://... URI.")
+    ] = None,
+    copy_space: Annotated[
+        bool,
+        typer.Option(
+            "--copy",
+            help="Also compute copy-detection vectors (for `search --mode copy` and "
+            "`duplicates`); an existing collection gains them for its stored images.",
+        ),
+    ] = False,
+    copy_model: Annotated[
+        str, typer.Option(help="Copy-detection model with --copy: sscd-mobile or sscd.")
+    ] = "sscd-mobile",
 ) -> None:
     """Index images: new and changed files are embedded, removed ones dropped."""
     path = collection or default_collection()
-    with _errors(), Collection.open(path, create=True, model=model, index=index_kind) as col:
+    copy = copy_model if copy_space else None
+    with (
+        _errors(),
+        Collection.open(
+            path,
+            create=True,
+            model=model,
+            index=index_kind,
+            catalogue=catalogue,
+            copy_model=copy,
+        ) as col,
+    ):
+        if copy is not None and "copy" not in col.spaces():  # an existing collection gains it
+            with _progress_bar("copy vectors") as bar:
+                added = col.add_copy_space(copy, progress=bar)
+            for gone in added.missing:
+                err.print(f"[yellow]missing[/yellow] {gone}: no copy vector (file is gone)")
         folders_ = [f for f in folders if f.is_dir()]
         files = [f for f in folders if not f.is_dir()]
         with _progress_bar("indexing") as bar:
@@ -173,6 +203,13 @@ def search(
     ] = None,
     as_json: JsonOpt = False,
     grid: Annotated[Path | None, typer.Option(help="Write a picture of the results (PNG).")] = None,
+    mode: Annotated[
+        str, typer.Option(help="image (looks alike) or copy (edited copies of the query).")
+    ] = "image",
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Re-rank by keypoint matching (verified, inliers, region)."),
+    ] = False,
 ) -> None:
     """Find the indexed images most similar to each query image, or matching a text."""
     images, text, negative = images or [], text or [], negative or []
@@ -207,13 +244,19 @@ def search(
                 label = query + "".join(f" - {n}" for n in negative)
                 report(label, col.search_text([query], k, negative=negative))
         else:
+            col.index(mode)  # an unknown mode or a missing copy space fails once, clearly
             for image in images:
                 try:
-                    vector = col.embed([image])  # one query failing must not sink the others
+                    vector = col.embed([image], mode)  # one failing must not sink the others
+                    hits = col.search_vectors(vector, k, space=mode, expand=expand)[0]
+                    if verify:
+                        from lookalike.copies import verify_results
+
+                        hits = verify_results(image, hits)
                 except (ImageError, OSError) as exc:
                     report(str(image), None, getattr(exc, "reason", None) or str(exc))
                     continue
-                report(str(image), col.search_vectors(vector, k, expand=expand)[0])
+                report(str(image), hits)
         if grid is not None and shown:
             from lookalike.grid import search_grid
 
@@ -399,6 +442,22 @@ def _print_eval(result) -> None:
 from lookalike.server.cli import serve  # noqa: E402 - the server's own module
 
 app.command("serve")(serve)
+
+
+from lookalike.cli_train import train_command  # noqa: E402
+
+app.command("train")(train_command)
+
+
+from lookalike.cli_geo import index_video, locate  # noqa: E402
+
+app.command("index-video")(index_video)
+app.command("locate")(locate)
+
+
+from lookalike.cli_copies import duplicates_command  # noqa: E402
+
+app.command("duplicates")(duplicates_command)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

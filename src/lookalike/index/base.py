@@ -85,4 +85,4 @@ def load_index(kind: str, path: Path) -> VectorIndex:
 
 
 def _import_builtin() -> None:
-    from lookalike.index import faiss_index  # noqa: F401
+    from lookalike.index import ann, auto, faiss_index  # noqa: F401

@@ -740,7 +740,9 @@ class ConSE:
                 str(self.expand),
                 str(self.expand_temperature),
                 str(self.root),
-                str(getattr(self._encoder, "version", "all-MiniLM-L6-v2")),
+                # The encoder's own version (cheap: it reads no weights), never a placeholder
+                # that changes once the encoder is loaded.
+                str(getattr(self.encoder, "version", type(self.encoder).__name__)),
             ]
         )
         return f"conse-{self.space}-{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}"

@@ -1,5 +1,7 @@
 """Catalogues: where a collection keeps its images, files, metadata and vectors."""
 
+from pathlib import Path
+
 from lookalike.store.base import Catalogue, CatalogueError, FileState, ImageRecord, NewImage
 from lookalike.store.sqlite import SQLiteCatalogue
 
@@ -10,4 +12,22 @@ __all__ = [
     "ImageRecord",
     "NewImage",
     "SQLiteCatalogue",
+    "open_catalogue",
 ]
+
+
+def open_catalogue(location: str | Path) -> Catalogue:
+    """The catalogue at ``location``: a ``postgresql://`` URI, else an SQLite file path.
+
+    Example:
+        >>> open_catalogue(":memory:").count()
+        {'images': 0, 'files': 0, 'skipped': 0}
+    """
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        from lookalike.store.postgres import PostgresCatalogue  # psycopg only when used
+
+        return PostgresCatalogue(text)
+    if text.startswith("sqlite:///"):
+        text = text.removeprefix("sqlite://")
+    return SQLiteCatalogue(text if text == ":memory:" else Path(text).expanduser())

@@ -1,0 +1,658 @@
+"""Approximate nearest-neighbour index kinds: ``hnsw``, ``ivf-pq`` and ``lsh``.
+
+They share one design (:class:`AnnIndex`):
+
+- **Positions and tombstones.** Vectors live at positions 0..n-1 of a FAISS structure; ``ids``
+  maps a position to the catalogue's image id and ``alive`` marks the positions still in use.
+  Removing (or re-adding) an id only clears its ``alive`` bit; searches skip dead positions
+  through a FAISS ``IDSelectorBitmap``. Once more than ``REBUILD_DEAD`` of the positions are
+  dead, the structure is rebuilt from the live vectors. HNSW cannot delete at all, and IVF lists
+  memory-mapped from disk are read-only, so one mechanism serves every kind.
+- **Training from the collection's own vectors.** A collection adds its vectors in chunks and
+  then searches or saves. A kind that must be trained (``ivf-pq``) keeps what it is given and
+  answers exactly until it holds ``min_train`` vectors; at the first search or save after that it
+  trains on a sample of them. It trains again when the collection has doubled since.
+- **Tuned, not hard-coded.** After each (re)build the search parameters (``efSearch``,
+  ``nprobe`` and the number of re-ranked candidates) are chosen as the cheapest that reach
+  ``target_recall`` recall@10 on held-out vectors: a sample of stored vectors used as queries,
+  against exact neighbours among the others.
+
+Example:
+    >>> index = create_index("hnsw", dim=8)
+    >>> index.add(np.array([7, 9]), np.eye(8, dtype=np.float32)[:2])
+    >>> index.search(np.eye(8, dtype=np.float32)[1:2], k=1)[1].tolist()
+    [[9]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from lookalike.index.base import VectorIndexError, create_index, register
+
+#: Rebuild once this fraction of positions are tombstones.
+REBUILD_DEAD = 0.25
+#: Re-train / re-tune when the number of live vectors has grown by this factor.
+REGROW = 2.0
+#: Recall@TUNE_K on held-out vectors that tuning aims for.
+TARGET_RECALL = 0.95
+TUNE_K = 10
+TUNE_QUERIES = 300
+#: Tuning queries are stored vectors moved by this many nearest-neighbour distances.
+TUNE_NOISE = 1.0
+#: Below this many vectors there is nothing meaningful to tune on.
+TUNE_MIN = 1000
+
+__all__ = ["AnnIndex", "HnswIndex", "IvfPqIndex", "LshIndex", "exact_search", "meta_file"]
+
+
+def meta_file(index_file: Path) -> Path:
+    """Sidecar with the ids, tombstones and tuned parameters of the index at ``index_file``."""
+    return index_file.with_suffix(".ann.npz")
+
+
+def vectors_file(index_file: Path) -> Path:
+    """Sidecar with the full vectors (re-ranking and rebuilds), memory-mapped when loaded."""
+    return index_file.with_suffix(".vectors.npy")
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows of ``vectors`` by inner product with each query: (scores, rows).
+
+    Works through ``vectors`` in blocks, so a memory-mapped matrix is read once.
+
+    Example:
+        >>> exact_search(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[:1], 1)[1]
+        array([[0]])
+    """
+    queries = np.ascontiguousarray(queries, np.float32)
+    k = min(k, len(vectors))
+    best_scores = np.full((len(queries), k), -np.inf, np.float32)
+    best_rows = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, len(vectors), block):
+        chunk = np.asarray(vectors[start : start + block], np.float32)
+        scores = queries @ chunk.T
+        rows = np.broadcast_to(np.arange(start, start + len(chunk)), scores.shape)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        rows = np.concatenate([best_rows, rows], axis=1)
+        top = _top_k(scores, k)
+        best_scores = np.take_along_axis(scores, top, 1)
+        best_rows = np.take_along_axis(rows, top, 1)
+    return best_scores, best_rows
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest scores of each row, best first."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+class _Growable:
+    """An array that grows by doubling, for appending batches cheaply."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: type, data: np.ndarray | None = None):
+        self.data = data if data is not None else np.zeros((16, *shape), dtype)
+        self.size = 0 if data is None else len(data)
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.size + len(rows)
+        if need > len(self.data) or not self.data.flags.writeable:
+            grown = np.zeros((max(need, 2 * len(self.data)), *self.data.shape[1:]), self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : need] = rows
+        self.size = need
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
+class AnnIndex:
+    """The shared machinery of the approximate kinds (see the module docstring).
+
+    Subclasses say how to build the FAISS structure from vectors, append to it, search it, and
+    which parameters to tune.
+    """
+
+    kind = "ann"
+    #: Vectors needed before the structure is built; below that, search is exact.
+    min_train = 0
+    #: Whether the index keeps its own copy of the vectors (else the structure holds them).
+    keeps_vectors = True
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        self.dim = int(dim)
+        self.target_recall = float(target_recall)
+        self.options = dict(options)
+        self.params: dict = {}
+        self.structure: faiss.Index | None = None
+        self._ids = _Growable((), np.int64)
+        self._alive = _Growable((), np.bool_)
+        self._store = _Growable((self.dim,), np.float32)
+        self._dead = 0
+        self._max_id = -1
+        self._built_at = 0  # live vectors when the structure was last built
+        self._tuned_at = 0
+        self._bitmap: tuple[np.ndarray, faiss.IDSelector] | None = None
+        self._source: Path | None = None  # file a memory-mapped structure was read from
+        self._version = 0  # bumped when the structure or the stored vectors change
+        self._saved: tuple[str, int] | None = None  # (file, version) last written or read
+
+    # -- the VectorIndex protocol ---------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their ids; an id already present is replaced."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        if ids.min() <= self._max_id:  # catalogue ids only grow, so this is usually skipped
+            self.remove(ids)
+        self._max_id = max(self._max_id, int(ids.max()))
+        self._version += 1
+        self._ids.append(ids)
+        self._alive.append(np.ones(len(ids), np.bool_))
+        if self.keeps_vectors:
+            self._store.append(vectors)
+        if self.structure is not None:
+            self._writable()
+            self._append(vectors)
+        self._bitmap = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Tombstone these ids (unknown ids are ignored)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0 or self._ids.size == 0:
+            return
+        hit = np.flatnonzero(np.isin(self._ids.view(), ids) & self._alive.view())
+        if len(hit):
+            self._alive.data[hit] = False
+            self._dead += len(hit)
+            self._bitmap = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores, ids), each (n, k), best first; missing ids are -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = max(1, min(int(k), max(len(self), 1)))
+        self.maintain()
+        if len(self) == 0:
+            return (
+                np.full((len(queries), k), -np.inf, np.float32),
+                np.full((len(queries), k), -1, np.int64),
+            )
+        if self.structure is None:
+            scores, positions = self._exact(queries, k)
+        else:
+            scores, positions = self._search(queries, k)
+        ids = np.where(positions >= 0, self._ids.data[np.maximum(positions, 0)], -1)
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+    def __len__(self) -> int:
+        return self._ids.size - self._dead
+
+    def save(self, path: Path) -> None:
+        """Write the structure to ``path`` and the ids, tombstones, parameters and vectors
+        beside it; each file atomically."""
+        self.maintain()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._saved != (str(path), self._version):  # else the files already hold them
+            if self.keeps_vectors:
+                _atomic(vectors_file(path), lambda tmp: np.save(tmp, self._store.view()), ".npy")
+            if self.structure is not None:
+                _atomic(path, lambda tmp: self._write_structure(self.structure, str(tmp)))
+            else:
+                _atomic(path, lambda tmp: Path(tmp).write_bytes(b""))
+        meta = {
+            "kind": self.kind,
+            "dim": self.dim,
+            "target_recall": self.target_recall,
+            "options": self.options,
+            "params": self.params,
+            "built": self.structure is not None,
+            "built_at": self._built_at,
+            "tuned_at": self._tuned_at,
+            **self._extra_meta(),
+        }
+        _atomic(
+            meta_file(path),
+            lambda tmp: np.savez(
+                tmp,
+                meta=np.array(json.dumps(meta)),
+                ids=self._ids.view(),
+                alive=self._alive.view(),
+                **self._extra_arrays(),
+            ),
+            ".npz",
+        )
+        self._saved = (str(path), self._version)
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path) -> AnnIndex:
+        """Read an index written by :meth:`save`; vectors (and IVF lists) are memory-mapped."""
+        file = meta_file(path)
+        if not file.exists():
+            raise VectorIndexError(f"{path}: missing {file.name}")
+        with np.load(file) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+        index = cls(meta["dim"], meta["target_recall"], **meta["options"])
+        index.params = meta["params"]
+        index._built_at, index._tuned_at = meta["built_at"], meta["tuned_at"]
+        index._ids = _Growable((), np.int64, arrays.pop("ids"))
+        index._alive = _Growable((), np.bool_, arrays.pop("alive"))
+        index._dead = int((~index._alive.view()).sum())
+        index._max_id = int(index._ids.view().max()) if index._ids.size else -1
+        if cls.keeps_vectors:
+            index._store = _Growable((index.dim,), np.float32, np.load(vectors_file(path), "r"))
+        index._load_extra(meta, arrays)
+        if meta["built"]:
+            index.structure = index._read_structure(path)
+        index._saved = (str(path), index._version)
+        return index
+
+    # -- maintenance ----------------------------------------------------------------------
+    def maintain(self) -> None:
+        """Build, re-train, compact or re-tune when the contents call for it (idempotent)."""
+        live = len(self)
+        if live == 0:
+            return
+        if self.structure is None:
+            if live >= max(self.min_train, 1):
+                self._rebuild()
+        elif self._dead > REBUILD_DEAD * self._ids.size or live >= REGROW * max(self._built_at, 1):
+            self._rebuild()
+        elif live >= TUNE_MIN and live >= REGROW * max(self._tuned_at, TUNE_MIN / REGROW):
+            self._tune()
+
+    def _rebuild(self) -> None:
+        """Drop dead positions and build the structure anew from the live vectors."""
+        vectors = self.live_vectors()
+        ids = self._ids.view()[self._alive.view()]
+        self._ids = _Growable((), np.int64, ids.copy())
+        self._alive = _Growable((), np.bool_, np.ones(len(ids), np.bool_))
+        self._dead = 0
+        self._bitmap = None
+        self._source = None
+        self._version += 1
+        if self.keeps_vectors:
+            self._store = _Growable((self.dim,), np.float32, np.array(vectors, np.float32))
+        self.structure = self._build(vectors)
+        self._built_at = len(ids)
+        self._tuned_at = 0
+        if len(ids) >= TUNE_MIN:
+            self._tune()
+
+    def live_vectors(self) -> np.ndarray:
+        """The vectors of the live positions, in position order."""
+        return np.asarray(self._vectors(np.flatnonzero(self._alive.view())), np.float32)
+
+    def live_ids(self) -> np.ndarray:
+        """The ids of the live positions, in the order of :meth:`live_vectors`."""
+        return self._ids.view()[self._alive.view()].copy()
+
+    def _tune(self) -> None:
+        """Choose the cheapest search parameters that reach ``target_recall`` on held-out
+        queries, against their exact neighbours.
+
+        The queries are stored vectors moved away from themselves by a random offset as long
+        as the distance to their nearest other vector: a new image is about that far from the
+        collection, and a stored vector itself (with its near-duplicates) is an easier query
+        than a new one (docs/benchmarks.md, section ``ann``).
+        """
+        alive = np.flatnonzero(self._alive.view())
+        rng = np.random.default_rng(len(alive))
+        held = np.sort(rng.choice(alive, size=min(TUNE_QUERIES, len(alive)), replace=False))
+        live = self.live_vectors()
+        stored = np.asarray(self._vectors(held), np.float32)
+        nearest = exact_search(live, stored, 2)[0][:, 1]  # [:, 0] is the vector itself
+        distance = np.sqrt(np.maximum(2 - 2 * nearest, 0))[:, None]
+        offset = rng.standard_normal(stored.shape).astype(np.float32)
+        offset /= np.linalg.norm(offset, axis=1, keepdims=True)
+        queries = stored + TUNE_NOISE * distance * offset
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        truth = alive[exact_search(live, queries, TUNE_K)[1]]
+        best = None
+        for params in self._candidates():
+            self.params = params
+            recall = recall_at(self._search(queries, TUNE_K)[1], truth)
+            best = (params, recall)
+            if recall >= self.target_recall:
+                break
+        assert best is not None
+        self.params = {**best[0], "tuned_recall": round(best[1], 4)}
+        self._tuned_at = len(alive)
+
+    def _selector(self) -> faiss.IDSelector | None:
+        """A bitmap of live positions when some are dead (None when all are live)."""
+        if self._dead == 0:
+            return None
+        if self._bitmap is None:
+            bits = np.packbits(self._alive.view(), bitorder="little")
+            self._bitmap = (bits, faiss.IDSelectorBitmap(self._ids.size, faiss.swig_ptr(bits)))
+        return self._bitmap[1]
+
+    def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        alive = np.flatnonzero(self._alive.view())
+        scores, rows = exact_search(self._vectors(alive), queries, k)
+        return scores, np.where(rows >= 0, alive[np.maximum(rows, 0)], -1)
+
+    def _rerank(
+        self, queries: np.ndarray, candidates: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products with the candidate positions' stored vectors; the top ``k``."""
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_positions = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), 256):  # bounds the gathered block's memory
+            block = candidates[start : start + 256]
+            valid = block >= 0
+            flat = np.where(valid, block, 0)
+            unique, inverse = np.unique(flat, return_inverse=True)
+            gathered = np.asarray(self._vectors(unique), np.float32)[inverse.reshape(flat.shape)]
+            scores = np.matmul(gathered, queries[start : start + 256, :, None])[..., 0]
+            scores = np.where(valid, scores, -np.inf)
+            top = _top_k(scores, min(k, scores.shape[1]))
+            out_scores[start : start + 256, : top.shape[1]] = np.take_along_axis(scores, top, 1)
+            positions = np.take_along_axis(np.where(valid, block, -1), top, 1)
+            out_positions[start : start + 256, : top.shape[1]] = positions
+        out_positions[~np.isfinite(out_scores)] = -1
+        return out_scores, out_positions
+
+    def _writable(self) -> None:
+        """A structure memory-mapped from disk is read-only: read it into memory to change it."""
+        if self._source is not None:
+            self.structure = self._read_structure(self._source, mmap=False)
+            self._source = None
+
+    def _vectors(self, positions: np.ndarray) -> np.ndarray:
+        return self._store.data[positions]
+
+    # -- what each kind provides ---------------------------------------------------------
+    def _build(self, vectors: np.ndarray) -> faiss.Index:
+        raise NotImplementedError
+
+    def _append(self, vectors: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) from the structure with the current ``params``."""
+        raise NotImplementedError
+
+    def _candidates(self) -> list[dict]:
+        """Parameter settings from cheapest to dearest, tried in order while tuning."""
+        return [{}]
+
+    def _write_structure(self, structure: faiss.Index, path: str) -> None:
+        faiss.write_index(structure, path)
+
+    def _read_structure(self, path: Path, mmap: bool = True) -> faiss.Index:
+        return faiss.read_index(str(path))
+
+    def _extra_meta(self) -> dict:
+        return {}
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+class HnswIndex(AnnIndex):
+    """``hnsw``: FAISS HNSWFlat by inner product. Fast and accurate, ~1.3 KB per 256-d vector.
+
+    The graph holds the vectors itself, so there is no second copy; deletion is by tombstones.
+    """
+
+    kind = "hnsw"
+    keeps_vectors = False
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        super().__init__(dim, target_recall, **options)
+        self.links = int(options.get("links", 32))
+        self.ef_construction = int(options.get("ef_construction", 40))
+        self.structure = self._build(np.zeros((0, self.dim), np.float32))
+        self.params = {"ef_search": 64}
+
+    def _build(self, vectors: np.ndarray) -> faiss.Index:
+        graph = faiss.IndexHNSWFlat(self.dim, self.links, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = self.ef_construction
+        if len(vectors):
+            graph.add(vectors)
+        return graph
+
+    def _append(self, vectors: np.ndarray) -> None:
+        self.structure.add(vectors)
+
+    def _vectors(self, positions: np.ndarray) -> np.ndarray:
+        storage = faiss.downcast_index(self.structure.storage)
+        flat = faiss.rev_swig_ptr(storage.get_xb(), self.structure.ntotal * self.dim)
+        return flat.reshape(-1, self.dim)[positions]
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(int(self.params["ef_search"]), k)
+        selector = self._selector()
+        if selector is not None:
+            params.sel = selector
+        return self.structure.search(queries, k, params=params)
+
+    def _candidates(self) -> list[dict]:
+        return [{"ef_search": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
+
+    def maintain(self) -> None:
+        """A graph grows without re-training: compact when too many tombstones, re-tune when
+        the collection has doubled."""
+        live = len(self)
+        if live and self._dead > REBUILD_DEAD * self._ids.size:
+            self._rebuild()
+        elif live >= TUNE_MIN and live >= REGROW * max(self._tuned_at, TUNE_MIN / REGROW):
+            self._tune()
+
+
+class IvfPqIndex(AnnIndex):
+    """``ivf-pq``: inverted lists of product-quantised codes, then exact re-ranking.
+
+    Memory per vector: the code (``code_bytes``, 32 by default) plus its id in the lists (8)
+    and the position map (9). The full vectors, used to re-rank the top candidates exactly, are
+    kept in a ``.vectors.npy`` file and memory-mapped, as are the inverted lists once saved
+    (``faiss.IO_FLAG_MMAP``): a collection bigger than RAM is searched through the page cache.
+    A random rotation spreads the variance of PCA-ordered dimensions evenly over the PQ
+    sub-vectors. Trains on a sample once it holds ``min_train`` vectors; exact below.
+    """
+
+    kind = "ivf-pq"
+    min_train = 10_000
+    train_sample = 100_000
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        super().__init__(dim, target_recall, **options)
+        self.min_train = int(options.get("min_train", type(self).min_train))
+        code_bytes = int(options.get("code_bytes", 32))
+        self.code_bytes = max(m for m in range(1, code_bytes + 1) if self.dim % m == 0)
+        self.rotation = _random_rotation(self.dim, seed=int(options.get("seed", 0)))
+        self.params = {"nprobe": 8, "rerank": 8}
+
+    def _build(self, vectors: np.ndarray) -> faiss.Index:
+        nlist = int(self.options.get("nlist") or _nlist_for(len(vectors)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFPQ(
+            quantizer, self.dim, nlist, self.code_bytes, 8, faiss.METRIC_INNER_PRODUCT
+        )
+        rng = np.random.default_rng(0)
+        sample_size = min(len(vectors), max(self.train_sample, 40 * nlist))
+        sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+        ivf.do_polysemous_training = False  # minutes of training for an unused feature
+        ivf.pq.cp.niter = 10  # the default 25 triples training time for little gain
+        ivf.train(self._rotate(sample))
+        for start in range(0, len(vectors), 65_536):
+            chunk = vectors[start : start + 65_536]
+            ivf.add_with_ids(self._rotate(chunk), np.arange(start, start + len(chunk)))
+        return ivf
+
+    def _rotate(self, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(vectors, np.float32) @ self.rotation)
+
+    def _append(self, vectors: np.ndarray) -> None:
+        first = self._ids.size - len(vectors)
+        self.structure.add_with_ids(
+            self._rotate(vectors), np.arange(first, first + len(vectors), dtype=np.int64)
+        )
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(self.params["nprobe"])
+        selector = self._selector()
+        if selector is not None:
+            params.sel = selector
+        candidates = max(k, int(self.params["rerank"]) * k)
+        _, positions = self.structure.search(self._rotate(queries), candidates, params=params)
+        return self._rerank(queries, positions, k)
+
+    def _candidates(self) -> list[dict]:
+        nlist = self.structure.nlist
+        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] + [nlist]
+        settings = [{"nprobe": p, "rerank": r} for p in probes for r in (2, 4, 8, 16, 32)]
+        per_list = max(len(self), 1) / nlist
+        # Cost in multiply-adds: coarse centroids, PQ codes scanned, exact re-ranking.
+        return sorted(
+            settings,
+            key=lambda s: (
+                nlist * self.dim
+                + s["nprobe"] * per_list * self.code_bytes
+                + s["rerank"] * TUNE_K * self.dim * 4
+            ),  # re-ranking reads scattered full vectors
+        )
+
+    def _read_structure(self, path: Path, mmap: bool = True) -> faiss.Index:
+        if not mmap:
+            return faiss.read_index(str(path))
+        self._source = path
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {"rotation": self.rotation}
+
+    def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.rotation = arrays["rotation"]
+
+
+class LshIndex(AnnIndex):
+    """``lsh``: random-hyperplane codes (one sign bit per hyperplane), searched by Hamming
+    distance, then the best candidates re-ranked exactly from the stored vectors.
+
+    ``bits`` sets the code length (256 by default: 32 bytes per vector). With ``rerank=0`` the
+    Hamming order is returned as is, scored by the angle it estimates (cos(pi * h / bits)).
+    """
+
+    kind = "lsh"
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        super().__init__(dim, target_recall, **options)
+        self.bits = int(options.get("bits", 256))
+        if self.bits % 8:
+            raise VectorIndexError("lsh bits must be a multiple of 8")
+        rng = np.random.default_rng(int(options.get("seed", 0)))
+        self.hyperplanes = rng.standard_normal((self.dim, self.bits)).astype(np.float32)
+        self.params = {"rerank": int(options.get("rerank", 16))}
+
+    def codes(self, vectors: np.ndarray) -> np.ndarray:
+        """The packed sign bits of ``vectors`` against the hyperplanes."""
+        signs = np.asarray(vectors, np.float32) @ self.hyperplanes > 0
+        return np.packbits(signs, axis=1, bitorder="little")
+
+    def _build(self, vectors: np.ndarray) -> faiss.IndexBinary:
+        table = faiss.IndexBinaryFlat(self.bits)
+        for start in range(0, len(vectors), 65_536):
+            table.add(self.codes(vectors[start : start + 65_536]))
+        return table
+
+    def _append(self, vectors: np.ndarray) -> None:
+        self.structure.add(self.codes(vectors))
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rerank = int(self.params["rerank"])
+        params = faiss.SearchParameters()
+        selector = self._selector()
+        if selector is not None:
+            params.sel = selector
+        candidates = min(max(k, rerank * k), self.structure.ntotal)
+        hamming, positions = self.structure.search(self.codes(queries), candidates, params=params)
+        if rerank == 0:
+            scores = np.cos(np.pi * hamming[:, :k] / self.bits).astype(np.float32)
+            return scores, positions[:, :k]
+        return self._rerank(queries, positions, k)
+
+    def _candidates(self) -> list[dict]:
+        if "rerank" in self.options:  # fixed by the caller
+            return [{"rerank": int(self.options["rerank"])}]
+        return [{"rerank": r} for r in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+
+    def _write_structure(self, structure: faiss.IndexBinary, path: str) -> None:
+        faiss.write_index_binary(structure, path)
+
+    def _read_structure(self, path: Path, mmap: bool = True) -> faiss.IndexBinary:
+        return faiss.read_index_binary(str(path))
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {"hyperplanes": self.hyperplanes}
+
+    def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.hyperplanes = arrays["hyperplanes"]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth`` present in the same row of ``found``.
+
+    Example:
+        >>> recall_at(np.array([[1, 2]]), np.array([[2, 3]]))
+        0.5
+    """
+    hits = sum(
+        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
+        for f, t in zip(found, truth, strict=True)
+    )
+    return hits / max(int((truth >= 0).sum()), 1)
+
+
+def _nlist_for(count: int) -> int:
+    """Inverted lists for ``count`` vectors: about 4 sqrt(n), a power of two (as autofaiss),
+    with at least 39 training vectors per list (k-means needs them)."""
+    wanted = np.log2(4 * np.sqrt(max(count, 1)))
+    fits = np.log2(max(count // 39, 16))
+    return int(2 ** np.clip(min(round(wanted), int(fits)), 4, 16))
+
+
+def _random_rotation(dim: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
+
+
+def _atomic(path: Path, write: object, suffix: str = "") -> None:
+    """Call ``write(tmp)`` then rename tmp over ``path`` (readers never see half a file)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    write(tmp)  # type: ignore[operator]
+    os.replace(tmp, path)
+
+
+def _factory(cls: type[AnnIndex]):
+    def make(dim: int, **options: object) -> AnnIndex:
+        return cls(dim, **options)
+
+    return make
+
+
+register("hnsw", _factory(HnswIndex), HnswIndex.load)
+register("ivf-pq", _factory(IvfPqIndex), IvfPqIndex.load)
+register("lsh", _factory(LshIndex), LshIndex.load)
+assert create_index  # re-exported for the docstring example
