@@ -95,6 +95,7 @@ def main() -> None:
                     precision_at_k(rel, 10),
                 )
                 print(name, title, results[title][name], flush=True)
+            col.enable_text()  # as `lookalike index` does: (re)derive the text space if stale
             col.search_text(texts[0], k=10)  # warm: sentence model and class names loaded
             samples = []
             for text in texts[:50]:
