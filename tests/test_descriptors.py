@@ -65,3 +65,15 @@ def test_query_expansion_pulls_towards_neighbours() -> None:
     assert np.allclose(
         query_expansion(q, db, masked, top=1, alpha=1.0), l2n(q + sims[0, 1] * db[1])
     )
+
+
+def test_whitening_from_few_samples_equals_the_covariance_route() -> None:
+    # Fewer samples than dimensions take the Gram-matrix route; the axes must be the same.
+    rng = np.random.default_rng(3)
+    few = rng.normal(size=(40, 50))
+    w = Whitening.fit(few, dim=10, power=0.5)
+    centred = few - few.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(centred.T @ centred / 39)
+    top = np.argsort(eigval)[::-1][:10]
+    expected = eigvec[:, top] / np.sqrt(eigval[top])
+    assert np.allclose(np.abs(w.projection), np.abs(expected), atol=1e-4)

@@ -64,7 +64,7 @@ TEXT_SPACE = "text"
 #: with α-query expansion over the first EXPAND results (docs/benchmarks.md: both raise mAP).
 REDUCE_DIM = 256
 REDUCE_MIN_IMAGES = 1000
-PCA_SAMPLE = 50_000
+PCA_SAMPLE = 20_000
 EXPAND = 3
 
 Progress = Callable[[int, int], None]
