@@ -315,12 +315,17 @@ class Collection:
             ]
         )
 
-    def embed_images(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+    def embed_images(
+        self, images: Sequence[Image.Image], prepared: Sequence[object] | None = None
+    ) -> dict[str, np.ndarray]:
         """Every stored vector of decoded images, by space: the collection's model's outputs
-        (``embed_spaces`` when it has several) and those of the models of other spaces."""
+        (``embed_spaces`` when it has several) and those of the models of other spaces.
+        ``prepared``: the model's inputs made beforehand by its ``prepare`` (decoding threads)."""
         primary = self.embedder
         if hasattr(primary, "embed_spaces"):
             out = dict(primary.embed_spaces(images))
+        elif prepared is not None and hasattr(primary, "embed_prepared"):
+            out = {IMAGE_SPACE: primary.embed_prepared(prepared)}
         else:
             out = {IMAGE_SPACE: primary.embed_images(images)}
         for space, spec in self.spaces().items():
@@ -860,8 +865,13 @@ class _Indexer:
         self.hashes_in_batch: dict[str, str] = {}
         self.deferred: list[ingest.Loaded] = []
 
+        prepare = getattr(self.col.embedder, "prepare", None)
+
         def load(path: str, state: FileState) -> ingest.Loaded:
-            return ingest.load_file(path, state, min_side=self.col.decode_side)
+            item = ingest.load_file(path, state, min_side=self.col.decode_side)
+            if prepare is not None and item.image is not None:
+                item.prepared = prepare(item.image)  # resize here, beside the network's work
+            return item
 
         total = len(todo)
         if progress:
@@ -921,7 +931,11 @@ class _Indexer:
     def _flush(self) -> None:
         if self.pending:
             batch, self.pending = self.pending, []
-            vectors = self.col.embed_images([item.image for item in batch])
+            prepared = [item.prepared for item in batch]
+            vectors = self.col.embed_images(
+                [item.image for item in batch],
+                prepared=prepared if all(p is not None for p in prepared) else None,
+            )
             replaced = [item.path for item in batch if item.path in self.replaced]
             self._drop(replaced)
             ids = self.cat.add_images(

@@ -32,6 +32,7 @@ class Loaded:
     width: int = 0
     height: int = 0
     error: str | None = None
+    prepared: object = None  # the model's input, when the model prepares it in this thread
 
 
 def content_hash(data: bytes) -> str:
