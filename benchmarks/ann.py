@@ -15,7 +15,9 @@ listed apart), recall@10 against queries/s single-threaded (one query per call) 
 queries in one call, 2 threads), over a sweep of each kind's search parameter, plus the point its
 own tuning chose (target recall 0.95 on held-out queries made from stored vectors, see
 ``lookalike.index.ann``). The machine is shared (2 cores, other jobs running): timings are
-noisy, and OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE).
+noisy, and OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE). At 1M only flat, hnsw and ivf-pq
+run (``--big-kinds``): LSH is already far behind at 100k, and its exhaustive Hamming scan grows
+linearly.
 
 Usage: python benchmarks/ann.py [--sizes 10000,100000,1000000] [--big-kinds flat,hnsw,ivf-pq]
        [--queries 1000] [--no-write]
@@ -196,6 +198,45 @@ def best_at(results: list[dict], n: int, goal: float = 0.95) -> dict | None:
     return max(fit, key=lambda r: r["qps_single"]) if fit else None
 
 
+def goals(results: list[dict]) -> list[str]:
+    """The issue's goals at the largest size, checked against the measurements."""
+    n = max(r["n"] for r in results)
+    lines = []
+    best = best_at(results, n)
+    if best:
+        lines.append(
+            f"- recall@10 >= 0.95 at <= 2 ms/query (1 thread) at {n:,}: best is {best['kind']} "
+            f"({best['params']}) with {best['recall']:.3f} at {best['ms_single']:.3f} ms: "
+            + ("met" if best["ms_single"] <= 2 else "not met")
+        )
+    pq = [r for r in results if r["n"] == n and r["kind"] == "ivf-pq" and r["recall"] >= 0.9]
+    if pq:
+        fastest = min(pq, key=lambda r: r["ms_single"])
+        lines.append(
+            f"- ivf-pq <= 64 B/vector in RAM with recall@10 >= 0.90 after re-ranking: "
+            f"{fastest['ram_bytes']:.0f} B/vector, recall {fastest['recall']:.3f} at "
+            f"{fastest['params']} ({fastest['ms_single']:.3f} ms): "
+            + ("met" if fastest["ram_bytes"] <= 64 else "not met")
+            + f"; the full vectors for re-ranking stay on disk, memory-mapped "
+            f"({fastest['mapped_bytes']:.0f} B/vector with the lists)"
+        )
+    builds = {r["kind"]: r["build_s"] for r in results if r["n"] == n}
+    lines.append(
+        f"- build at {n:,} (add + train + tune): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in builds.items())
+        + (": met (<= 10 min)" if max(builds.values()) <= 600 else ": over 10 min")
+    )
+    tuned = [r for r in results if r["tuned"] and r["kind"] != "flat"]
+    gaps = ", ".join(f"{r['kind']}@{r['n']:,} {r['recall']:.2f}" for r in tuned)
+    lines.append(
+        "- self-tuning (target 0.95 on queries made from stored vectors) against the real "
+        f"held-out queries: {gaps}. New images are harder queries than the collection's own "
+        "vectors moved towards others, mostly for ivf-pq and lsh, whose neighbourhoods of "
+        "near-ties need more re-ranked candidates; raise `target_recall` to compensate."
+    )
+    return lines
+
+
 def plot(results: list[dict], n: int) -> None:
     import matplotlib
 
@@ -204,10 +245,11 @@ def plot(results: list[dict], n: int) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in dict.fromkeys(r["kind"] for r in results if r["n"] == n):
-        points = sorted(
-            (r["qps_single"], r["recall"]) for r in results if r["n"] == n and r["kind"] == label
+        points = sorted(  # in order of recall: timings are too noisy to order a line by
+            (r["recall"], r["qps_single"]) for r in results if r["n"] == n and r["kind"] == label
         )
-        ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        recalls, speeds = zip(*points, strict=True)
+        ax.plot(speeds, recalls, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("queries/s, single thread, one query per call (log)")
     ax.set_ylabel("recall@10")
@@ -263,12 +305,14 @@ def report(results: list[dict]) -> str:
                 mine and best and f"{mine['ms_single'] / best['ms_single']:.2f}x",
             ]
         )
-    header = ["n", "kind", "tuned params", "recall@10", "ms/query 1 thread", "q/s batched"]
+    header = ["n", "kind", "params", "recall@10", "ms/query 1 thread", "q/s batched"]
     return "\n\n".join(
         [
             "## Approximate nearest-neighbour indexes",
             __doc__.split("Usage:")[0].strip().split("\n", 1)[1].strip(),
-            "### As tuned at build time (target 0.95 on held-out stored vectors)",
+            "### Against the goals",
+            "\n".join(goals(results)),
+            "### As tuned at build time (target 0.95 on held-out queries)",
             table(
                 [*header, "RAM B/vector", "mapped B/vector", "build s"],
                 rows,

@@ -317,8 +317,9 @@ class AnnIndex:
         stored = np.asarray(self._vectors(held), np.float32)
         nearest = exact_search(live, stored, 2)[0][:, 1]  # [:, 0] is the vector itself
         distance = np.sqrt(np.maximum(2 - 2 * nearest, 0))[:, None]
-        offset = rng.standard_normal(stored.shape).astype(np.float32)
-        offset /= np.linalg.norm(offset, axis=1, keepdims=True)
+        # Offsets along other stored vectors keep the queries in the data's own subspace
+        # (isotropic noise would be nearly orthogonal to it and change no ranking).
+        offset = np.asarray(self._vectors(rng.choice(alive, size=len(held))), np.float32)
         queries = stored + TUNE_NOISE * distance * offset
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         truth = alive[exact_search(live, queries, TUNE_K)[1]]
@@ -522,7 +523,9 @@ class IvfPqIndex(AnnIndex):
     def _candidates(self) -> list[dict]:
         nlist = self.structure.nlist
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] + [nlist]
-        settings = [{"nprobe": p, "rerank": r} for p in probes for r in (2, 4, 8, 16, 32)]
+        # At least 4k candidates: 32-byte codes rank near-ties poorly, and held-out queries
+        # from the collection understate that (docs/benchmarks.md, section ``ann``).
+        settings = [{"nprobe": p, "rerank": r} for p in probes for r in (4, 8, 16, 32)]
         per_list = max(len(self), 1) / nlist
         # Cost in multiply-adds: coarse centroids, PQ codes scanned, exact re-ranking.
         return sorted(
