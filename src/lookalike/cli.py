@@ -210,6 +210,10 @@ def search(
         bool,
         typer.Option("--verify", help="Re-rank by keypoint matching (verified, inliers, region)."),
     ] = False,
+    region: Annotated[
+        str | None,
+        typer.Option(help="Search only this box of each query: x0,y0,x1,y1 (upright pixels)."),
+    ] = None,
 ) -> None:
     """Find the indexed images most similar to each query image, or matching a text."""
     images, text, negative = images or [], text or [], negative or []
@@ -217,6 +221,15 @@ def search(
         err.print("[red]error:[/red] give query images, --text, or both")
         raise typer.Exit(2)
     path = collection or default_collection()
+    box = None
+    if region is not None:
+        from lookalike.detect import parse_box
+
+        try:
+            box = parse_box(region)
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     failed = False
     shown = []
 
@@ -247,12 +260,22 @@ def search(
             col.index(mode)  # an unknown mode or a missing copy space fails once, clearly
             for image in images:
                 try:
-                    vector = col.embed([image], mode)  # one failing must not sink the others
+                    query = image
+                    if box is not None:
+                        from lookalike.detect import crop_region
+                        from lookalike.images import decode
+
+                        try:
+                            query = crop_region(decode(image), box)
+                        except ValueError as exc:
+                            report(str(image), None, str(exc))
+                            continue
+                    vector = col.embed([query], mode)  # one failing must not sink the others
                     hits = col.search_vectors(vector, k, space=mode, expand=expand)[0]
                     if verify:
                         from lookalike.copies import verify_results
 
-                        hits = verify_results(image, hits)
+                        hits = verify_results(query, hits)
                 except (ImageError, OSError) as exc:
                     report(str(image), None, getattr(exc, "reason", None) or str(exc))
                     continue
@@ -458,6 +481,11 @@ app.command("locate")(locate)
 from lookalike.cli_copies import duplicates_command  # noqa: E402
 
 app.command("duplicates")(duplicates_command)
+
+
+from lookalike.cli_detect import detect_command  # noqa: E402
+
+app.command("detect")(detect_command)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point
