@@ -32,6 +32,7 @@ from lookalike.train import (
     backbone_features,
     fit_head,
     load_labelled,
+    make_head,
     retrieval_metrics,
     split_classes,
     validation_split,
@@ -67,8 +68,12 @@ def run_protocol(
     head, fit = fit_head(train_x, train_labels, cfg, val_mask=val)
     seconds = time.perf_counter() - started
     trained = _embed_rows(head, torch.from_numpy(x[test]), "cpu")
+    # The head's starting point: learned whitening of the training features, no loss yet.
+    start = make_head(x.shape[1], 0, cfg.dim, init=(train_x[~val], train_labels[~val]))
+    whitened = _embed_rows(start, torch.from_numpy(x[test]), "cpu")
     return {
         "frozen": retrieval_metrics(x[test], labels[test]),
+        "whitened": retrieval_metrics(whitened, labels[test]),
         "trained": retrieval_metrics(trained, labels[test]),
         "seconds": seconds,
         "best_epoch": fit.best_epoch,
@@ -119,7 +124,7 @@ def main() -> None:
                 )
                 cfg = TrainConfig(loss=loss, epochs=args.epochs, seed=args.seed)
                 r = run_protocol(x, labels, test, cfg, same)
-                f, t = r["frozen"], r["trained"]
+                f, w, t = r["frozen"], r["whitened"], r["trained"]
                 print(
                     f"  {loss} {protocol}: mAP@R {f['mAP@R']:.4f} -> {t['mAP@R']:.4f}, "
                     f"Rank-1 {f['Rank-1']:.4f} -> {t['Rank-1']:.4f}, {r['seconds']:.0f} s",
@@ -133,6 +138,7 @@ def main() -> None:
                         f"{r['train_classes']} / {r['train_images']}",
                         f"{r['test_classes']} / {r['test_images']}",
                         f"{f['mAP@R']:.4f}",
+                        f"{w['mAP@R']:.4f}",
                         f"{t['mAP@R']:.4f}",
                         f"{100 * (t['mAP@R'] - f['mAP@R']):+.1f}",
                         f"{f['Rank-1']:.4f}",
@@ -152,16 +158,28 @@ def main() -> None:
     body = "\n\n".join(
         [
             "## Learned similarity: projection head (`lookalike train --mode head`)",
-            "A head (Linear 2280→1024, BatchNorm, ReLU, Linear →256, L2-normalised; dropout 0.1) "
-            "on the frozen default descriptor (int8 EfficientNet-Lite0, 288 px, avg-pool + class "
-            "probabilities), trained with pytorch-metric-learning: TripletMarginLoss (margin 0.1) "
-            "with a semi-hard TripletMarginMiner, MPerClassSampler (4 per class, batch 128), "
-            "AdamW lr 1e-3 with cosine decay, early stopping on validation mAP@R (patience 5; "
+            "A head on the frozen default descriptor (int8 EfficientNet-Lite0, avg-pool + class "
+            "probabilities, 2280-d): a linear map 2280→512 initialised with supervised *learned "
+            "whitening* of the training features (Radenović et al. 2018: whiten the within-class "
+            "covariance, keep the directions along which class means spread, fill up to 512 with "
+            "random directions of the rest of the whitened space; closed form) plus "
+            "a residual MLP (→1024, BatchNorm, ReLU, →512, starting at zero), L2-normalised, then "
+            "trained with pytorch-metric-learning: TripletMarginLoss (margin 0.1) with a "
+            "semi-hard TripletMarginMiner, MPerClassSampler (4 per class, batch 128), AdamW lr "
+            "1e-4 with cosine decay, early stopping on validation mAP@R (patience 5; "
             "validation = 20% of the training classes, or for the same-classes protocol other "
             "images of the training classes). Test images query each other (own image "
-            "excluded), raw cosine for both. Train time is the head alone on cached features "
-            "(computing the features is a one-off: ~10k images at ~10 images/s on this busy "
-            "machine). Timings are noisy: 2 cores shared with other jobs.",
+            "excluded), raw cosine for both (a collection would add PCA and query expansion). "
+            "Train time is the head alone on cached features, learned whitening included "
+            "(computing the features is a one-off: the 10k Tiny ImageNet images took 162 s). "
+            "Timings are noisy: 2 cores shared with other jobs.",
+            "**Reading it.** Where best epoch is 0, early stopping kept the head's starting point: "
+            "the gain is that of the closed-form learned whitening, and the triplet epochs after "
+            "it did not raise validation mAP@R. During development, a randomly initialised "
+            "head trained with the same loss fell *below* the frozen backbone on unseen Tiny "
+            "ImageNet classes (mAP@R 0.14 vs 0.18 with the descriptor of that day), hence the "
+            "whitening start. On Corel-1k's unseen classes (5 training classes) there is "
+            "nothing to gain: the frozen descriptor is already at 0.95.",
             table(
                 [
                     "dataset",
@@ -170,7 +188,8 @@ def main() -> None:
                     "train classes / images",
                     "test classes / images",
                     "frozen mAP@R",
-                    "trained mAP@R",
+                    "learned whitening mAP@R",
+                    "trained head mAP@R",
                     "Δ mAP@R (points)",
                     "frozen Rank-1",
                     "trained Rank-1",

@@ -59,7 +59,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("model") / "crops-model"
     cfg = TrainConfig(
         loss="multisimilarity", epochs=12, hidden=64, dim=32, batch_size=24, lr=3e-3,
-        patience=100, val_fraction=0.25,
+        patience=100, val_fraction=0.25, init="random",  # from random: the loss has to fall
     )  # fmt: skip
     return train(dataset, out, config=cfg)
 
@@ -108,6 +108,8 @@ def test_model_folder_round_trips(trained, dataset: Path) -> None:
     vectors = model.embed_images(images)
     assert vectors.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    prepared = model.embed_prepared([model.prepare(im) for im in images])  # the indexing path
+    np.testing.assert_allclose(prepared, vectors, atol=1e-5)
 
 
 def test_collection_indexes_and_searches_with_trained_model(trained, dataset, tmp_path) -> None:
@@ -178,3 +180,40 @@ def test_splits_and_metrics() -> None:
     q = np.array([True, False, False, False])
     m = retrieval_metrics(v, ["x", "y", "x", "z"], q, ~q)
     assert m["queries"] == 1 and m["Rank-1"] == 0.0 and m["mAP"] == pytest.approx(1 / 3)
+
+
+def test_learned_whitening_discounts_within_class_variation() -> None:
+    from lookalike.train import learned_whitening
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20).astype(str), 10)
+    centres = rng.normal(size=(20, 8))
+    signal = centres[labels.astype(int)] * 0.3  # classes differ a little on 8 axes...
+    noise = rng.normal(size=(200, 24)) * np.r_[np.full(8, 0.05), np.full(16, 1.0)]
+    x = np.concatenate([signal, np.zeros((200, 16))], axis=1) + noise  # ...noise is large on 16
+    train, test = labels.astype(int) < 10, labels.astype(int) >= 10  # unseen classes
+    mean, projection = learned_whitening(x[train], labels[train], dim=8)
+    assert projection.shape == (24, 8)
+    raw = retrieval_metrics(x[test] / np.linalg.norm(x[test], axis=1, keepdims=True), labels[test])
+    z = (x[test] - mean) @ projection
+    learned = retrieval_metrics(z / np.linalg.norm(z, axis=1, keepdims=True), labels[test])
+    assert learned["mAP@R"] > raw["mAP@R"] + 0.2
+
+
+def test_finetune_mode_trains_and_exports_a_whole_network(dataset, tmp_path) -> None:
+    """One short epoch of the last block at 64 px: the GPU mode's plumbing, run on the CPU."""
+    cfg = TrainConfig(
+        mode="finetune", epochs=1, batch_size=12, image_size=64, hidden=0, dim=16, blocks=1
+    )
+    import contextlib
+
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
+    warns = pytest.warns(UserWarning, match="finetune runs on the CPU")
+    with warns if on_cpu else contextlib.nullcontext():
+        result = train(dataset, tmp_path / "ft", config=cfg)
+    assert (tmp_path / "ft" / "model.onnx").exists() and len(result.history) == 2
+    model = load_embedder(str(tmp_path / "ft"))
+    vectors = model.embed_images([Image.open(next(dataset.rglob("*.jpg")))])
+    assert vectors.shape == (1, 16) and model.version.startswith("trained/finetune/")

@@ -78,11 +78,14 @@ def train_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, sampling, weights).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
-    dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
     patience: Annotated[int, typer.Option(help="Epochs without progress before stopping.")] = 5,
     draw_map: Annotated[
-        bool, typer.Option("--map/--no-map", help="With --eval: write map.png (UMAP, else t-SNE) and gradcam.png.")
+        bool,
+        typer.Option(
+            "--map/--no-map", help="With --eval: write map.png (UMAP, else t-SNE) and gradcam.png."
+        ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:

@@ -162,7 +162,7 @@ def gradcam_pair(model_dir: str | Path, query: str | Path, match: str | Path, pa
         ax.imshow(np.clip(crop, 0, 1))
         ax.imshow(cam, cmap="jet", alpha=0.45, extent=(0, size, size, 0), interpolation="bilinear")
         ax.set(title=title, xticks=[], yticks=[])
-    fig.suptitle(f"Grad-CAM of the trained similarity ({float(score):.3f})")
+    fig.suptitle(f"Grad-CAM of the trained similarity ({float(score.detach()):.3f})")
     fig.tight_layout()
     fig.savefig(Path(path), dpi=110)
     plt.close(fig)

@@ -131,6 +131,18 @@ class TrainedEmbedder:
         (out,) = self.session.run(None, {"image": preprocess(images, self.input_size)})
         return l2_normalise(out)
 
+    def prepare(self, image: Image.Image) -> object:
+        """The base model's input for one image, made in a decoding thread (see Collection)."""
+        if self.base is not None and hasattr(self.base, "prepare"):
+            return self.base.prepare(image)
+        return image
+
+    def embed_prepared(self, inputs: Sequence[object]) -> np.ndarray:
+        """:meth:`embed_images` for inputs made by :meth:`prepare`."""
+        if self.base is not None and hasattr(self.base, "embed_prepared"):
+            return self.embed_descriptors(self.base.embed_prepared(inputs))
+        return self.embed_images(inputs)  # type: ignore[arg-type]
+
 
 @register("dir")
 def _load_dir(path: str | Path, **options: object) -> TrainedEmbedder:
