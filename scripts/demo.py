@@ -99,6 +99,17 @@ def main() -> None:
         "search", *picks, "--collection", collection, "-k", "4", "--grid", str(out / "grid.png")
     )
     lookalike("search", picks[0], "--collection", collection, "-k", "3", "--json")
+    lookalike(
+        "search",
+        "--text",
+        "a cat",
+        "--text",
+        "a cup of coffee",
+        "--collection",
+        collection,
+        "-k",
+        "3",
+    )
     lookalike("info", "--collection", collection)
     print(f"\nResult grid: {out / 'grid.png'}")
 
