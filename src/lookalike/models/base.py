@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -98,6 +99,17 @@ def load_embedder(name: str, **options: object) -> Embedder:
     if factory is None:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return factory(**options)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A short content hash of a weights file (BLAKE2b, 64 bits), for model versions."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:

