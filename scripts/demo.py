@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from lookalike.images import bundled_photo
 
 PHOTOS = [
     "astronaut",
@@ -32,17 +33,6 @@ PHOTOS = [
     "page",
     "text",
 ]
-
-
-def photo(name: str) -> Image.Image:
-    from skimage import data
-
-    array = getattr(data, name)()
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(array[..., :3].astype(np.uint8), "RGB")
 
 
 def edits(image: Image.Image) -> dict[str, Image.Image]:
@@ -66,7 +56,7 @@ def build(folder: Path) -> list[Path]:
     queries_dir.mkdir(exist_ok=True)
     queries = []
     for i, name in enumerate(PHOTOS):
-        original = photo(name)
+        original = bundled_photo(name)
         original.save(folder / f"{name}.jpg", quality=90)
         variants = edits(original)
         # Two edits go into the collection, one is kept back as a query.

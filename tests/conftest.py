@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from lookalike.images import bundled_photo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def skimage_photo(name: str) -> Image.Image:
     """One of scikit-image's bundled photos as an RGB PIL image."""
-    from skimage import data
-
-    array = getattr(data, name)()
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(array[..., :3].astype(np.uint8), "RGB")
+    return bundled_photo(name)
 
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")

@@ -140,6 +140,24 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return ((array - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
 
 
+def bundled_photo(name: str) -> Image.Image:
+    """One of scikit-image's bundled photographs (``astronaut``, ``chelsea``, ...) as 8-bit RGB:
+    real pictures every installation has, for calibration, the demo and tests.
+
+    Example:
+        >>> bundled_photo("coffee").size
+        (600, 400)
+    """
+    from skimage import data
+
+    array = getattr(data, name)()
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3].astype(np.uint8), "RGB")
+
+
 def thumbnail(image: Image.Image, side: int) -> Image.Image:
     """A copy of ``image`` whose longer side is at most ``side`` pixels."""
     copy = image.copy()

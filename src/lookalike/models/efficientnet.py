@@ -137,15 +137,12 @@ def calibration_images() -> list[Image.Image]:
 
     Fixed and shipped in a package, so every machine calibrates (and so quantises) the same way.
     """
-    from skimage import data
+    from lookalike.images import bundled_photo
 
     rng = np.random.default_rng(0)
     images = []
     for name in _CALIBRATION_PHOTOS:
-        array = getattr(data, name)()
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        photo = Image.fromarray(array[..., :3].astype(np.uint8))
+        photo = bundled_photo(name)
         w, h = photo.size
         images.append(photo)
         for _ in range(5):

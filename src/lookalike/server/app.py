@@ -384,25 +384,18 @@ def _install_errors(app: FastAPI) -> None:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return answer(exc.status, exc.message)
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return answer(404, str(exc))
+    # Errors from the layers below, as JSON with their status (409: the catalogue is busy).
+    statuses = {NotFoundError: 404, BadRequestError: 400, FetchError: 400, CollectionError: 409}
+    for error, status in statuses.items():
 
-    @app.exception_handler(BadRequestError)
-    async def bad_request(_: Request, exc: BadRequestError) -> JSONResponse:
-        return answer(400, str(exc))
+        async def handle(_: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return answer(status, str(exc))
+
+        app.add_exception_handler(error, handle)
 
     @app.exception_handler(ImageError)
     async def bad_image(_: Request, exc: ImageError) -> JSONResponse:
         return answer(400, f"not a usable image: {exc.reason}")
-
-    @app.exception_handler(FetchError)
-    async def bad_fetch(_: Request, exc: FetchError) -> JSONResponse:
-        return answer(400, str(exc))
-
-    @app.exception_handler(CollectionError)
-    async def busy(_: Request, exc: CollectionError) -> JSONResponse:
-        return answer(409, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
