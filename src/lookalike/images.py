@@ -9,7 +9,7 @@ index many files turn it into a reported skip.
 Example:
     >>> from lookalike.images import decode
     >>> image = decode("photo.heic", min_side=224)  # doctest: +SKIP
-    >>> image.mode
+    >>> image.mode  # doctest: +SKIP
     'RGB'
 """
 
