@@ -301,8 +301,12 @@ def test_hardening(tmp_path, embedder, photos):
             headers={**auth(ADMIN), "content-type": "application/json"},
         )
         assert r.status_code == 400
-        r = client.post(f"/catalogs/{catalog}/duplicates", headers=auth(ADMIN))
-        assert r.status_code == 501
+        for body in ({"threshold": 2}, {"k": 0}, {"limit": "many"}, [1]):
+            r = client.post(f"/catalogs/{catalog}/duplicates", json=body, headers=auth(ADMIN))
+            assert r.status_code == 422 and r.json()["error"], body
+        for body in ({}, {"url": "x", "k": 99}, {"url": 5}, {"url": "x", "proposals": 3}):
+            r = client.post(f"/catalogs/{catalog}/detect", json=body, headers=auth(ADMIN))
+            assert r.status_code == 400 and r.json()["error"], body
 
 
 def test_writes_from_several_workers_are_never_lost(tmp_path, embedder):

@@ -1,6 +1,7 @@
 """The web page in headless Chromium (Debian's, driven by Playwright) against a real uvicorn
 server on loopback: sign in with a key, create a catalogue, upload a folder, search by image and
-by a region, search by text, open a result, delete it, delete the catalogue.
+by a region, search by text, open a result, delete it, find the catalogue's items in a photo
+(boxes drawn over it) and its duplicates on a phone-sized screen, delete the catalogue.
 Screenshots go to tests/artifacts/."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from .conftest import PHOTOS, skimage_photo
 from .test_server import ADMIN, make_app
@@ -127,7 +130,61 @@ def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
     assert first["y"] == second["y"] and second["x"] + second["width"] <= 390
     page.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
 
+    # Find items in a photo: two catalogue photos pasted on a plain background; the boxes are
+    # drawn over the photo with the best match's thumbnail and score.
+    scene = tmp_path / "scene.jpg"
+    _scene({"rocket": (0.45, (40, 100)), "astronaut": (0.45, (520, 300))}).save(scene, quality=88)
+    page.set_input_files("#query-file", str(scene))
+    expect(page.locator("#message")).to_contain_text(re.compile(r"results? in \d+ ms"))
+    with page.expect_response(re.compile(r"/detect$")) as answer:
+        page.click("#detect")
+    assert answer.value.status == 200, answer.value.text()
+    expect(page.locator("#message")).to_contain_text("Found 2 items")
+    boxes = page.locator("#detections .det-box")
+    expect(boxes).to_have_count(2)
+    photo = page.locator("#query-image").bounding_box()
+    assert photo["x"] + photo["width"] <= 390
+    names = set()
+    for i in range(2):
+        drawn = boxes.nth(i).bounding_box()
+        assert drawn["width"] > 20 and drawn["height"] > 20
+        assert (
+            photo["x"] - 3 <= drawn["x"]
+            and drawn["x"] + drawn["width"] <= photo["x"] + photo["width"] + 3
+        )
+        label = boxes.nth(i).locator(".det-label")
+        names.add(label.locator(".name").inner_text())
+        assert 0.3 < float(label.locator(".det-score").inner_text()) <= 1.0
+    assert names == {"rocket.jpg", "astronaut.jpg"}
+    page.wait_for_function(
+        "[...document.querySelectorAll('#detections img')].every(i => i.complete && i.naturalWidth)"
+    )
+    page.screenshot(path=str(ARTIFACTS / "web-detect-phone.png"), full_page=True)
+
+    # Duplicates: an edited copy of the coffee photo is grouped with it.
+    copy = tmp_path / "coffee-reposted.jpg"
+    coffee = skimage_photo("coffee")
+    coffee.crop((60, 40, 560, 370)).resize((300, 198)).save(copy, quality=35)
+    page.set_input_files("#files", str(copy))
+    expect(page.locator("#message")).to_contain_text("Uploaded 1 image")
+    page.click("#duplicates")
+    expect(page.locator("#message")).to_contain_text("1 group of duplicates")
+    expect(page.locator("#results .group")).to_have_count(1)
+    expect(page.locator("#results .card.original .caption")).to_contain_text("coffee.jpg")
+    expect(page.locator("#results .card")).to_have_count(2)
+    page.screenshot(path=str(ARTIFACTS / "web-duplicates.png"), full_page=True)
+
     page.click("#delete-catalog")
     expect(page.locator("#message")).to_contain_text("Deleted Photos")
     expect(page.locator("#catalog option")).to_have_count(1)
     expect(page.locator("#results .card")).to_have_count(0)
+
+
+def _scene(items: dict[str, tuple[float, tuple[int, int]]]) -> Image.Image:
+    """Photos pasted (scale, top-left) onto a smooth 900x600 background."""
+    ramp = np.linspace(60, 200, 900, dtype=np.float32)[None, :] + np.linspace(0, 40, 600)[:, None]
+    scene = Image.fromarray(np.stack([ramp, ramp * 0.9, 255 - ramp], -1).astype(np.uint8))
+    for name, (scale, at) in items.items():
+        item = skimage_photo(name)
+        scene.paste(item.resize((round(item.width * scale), round(item.height * scale))), at)
+    return scene

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -31,7 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lookalike.collection import CollectionError
 from lookalike.images import ImageError
 from lookalike.models import Embedder, available, load_embedder
-from lookalike.server.catalogs import BadRequestError, Catalogs, NotFoundError, Upload
+from lookalike.server.catalogs import (
+    BadRequestError,
+    Catalogs,
+    NotFoundError,
+    UnavailableError,
+    Upload,
+)
 from lookalike.server.config import ServerConfig
 from lookalike.server.db import READ, WRITE, KeyInfo, ServerDB
 from lookalike.server.fetch import FetchError, fetch_url
@@ -54,6 +60,23 @@ class ApiError(Exception):
 class NewCatalog(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     model: str = "efficientnet-lite0"
+
+
+class DuplicatesRequest(BaseModel):
+    """Options of ``POST /catalogs/{id}/duplicates`` (all optional)."""
+
+    #: Copy-space cosine similarity at or above which two images are copies (default: the copy
+    #: model's calibrated threshold, 0.68 for sscd-mobile: 90% precision on the benchmark).
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    #: Neighbours looked at per image.
+    k: int = Field(default=10, ge=1, le=100)
+    #: Keep a pair only when keypoint matching confirms it (slower: decodes both images).
+    verify: bool = False
+    #: Groups returned at most (``total_groups`` says how many were found).
+    limit: int = Field(default=500, ge=1, le=10_000)
+    #: True: answer when done; False: always a job; unset: a job when the copy space must be
+    #: computed for more than ``job_threshold`` images, or ``verify`` on a larger catalogue.
+    wait: bool | None = None
 
 
 class NewKey(BaseModel):
@@ -112,6 +135,42 @@ _SEARCH_FIELDS = {
     "filters": {"description": 'metadata filters, e.g. {"brand": "acme"}'},
     "region": {"description": "x,y,width,height as fractions of the query image"},
 }
+_DETECT_FIELDS = {
+    "k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 3},
+    "url": {"type": "string"},
+    "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+}
+_DETECT_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **_DETECT_FIELDS,
+                        "proposals": {
+                            "type": "string",
+                            "description": "proposal sources, comma-separated (default: "
+                            "lookalike.detect's default)",
+                        },
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        **_DETECT_FIELDS,
+                        "proposals": {"type": "array", "items": {"type": "string"}},
+                    },
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
 _SEARCH_BODY = {
     "requestBody": {
         "content": {
@@ -361,10 +420,73 @@ def create_app(
         return {"results": results}
 
     @app.post("/catalogs/{catalog_id}/duplicates", tags=["search"])
-    def duplicates(catalog_id: str, who: Caller) -> dict:
-        """Groups of near-duplicate images (not available yet: 501)."""
+    async def duplicates(
+        catalog_id: str,
+        who: Caller,
+        body: Annotated[DuplicatesRequest | None, Body()] = None,
+    ) -> JSONResponse:
+        """Groups of near-duplicate images (edited copies: crops, re-encodes, captions), each
+        with a suggested original and copy-space scores.
+
+        The first call computes the catalogue's copy space (SSCD vectors of every image; later
+        uploads get theirs when indexed), which needs a key with write rights; it runs as a job
+        (202, poll ``/jobs/{id}``, the groups are in its ``result``) for large catalogues.
+        """
         readable(catalog_id, who)
-        raise ApiError(501, "duplicate detection is not available in this version")
+        options = body or DuplicatesRequest()
+        has_space, missing, count = await run_in_threadpool(catalogs.copy_space_state, catalog_id)
+        can_write = who.can_write(catalog_id)
+        if not has_space and not can_write:
+            raise ApiError(
+                403,
+                "this catalogue has no copy-detection vectors yet; the first duplicates call "
+                "must use a key with write rights on it (it adds them once)",
+            )
+        # A read-only key uses the vectors already there; a writer adds or completes them.
+        add = (not has_space or missing > 0) and can_write
+        big = config.job_threshold
+        slow = (
+            (add and missing > big)
+            or (options.verify and count > big)
+            or count > config.duplicates_sync_images
+        )
+        as_job = options.wait is False or (options.wait is None and slow)
+        find = dict(
+            threshold=options.threshold, k=options.k, verify=options.verify, limit=options.limit
+        )
+        if as_job:
+            job_id = db.add_job(catalog_id, missing if add else 0)
+            threading.Thread(
+                target=_run_duplicates_job,
+                args=(catalogs, job_id, catalog_id, add, find),
+                daemon=True,
+            ).start()
+            return JSONResponse({"job": job_id, "status": f"/jobs/{job_id}"}, status_code=202)
+
+        def run() -> dict:
+            added = catalogs.add_copy_space(catalog_id) if add else None
+            result = catalogs.duplicates(catalog_id, **find)
+            return result | ({"copy_space": added} if added else {})
+
+        return JSONResponse(await run_in_threadpool(run))
+
+    @app.post("/catalogs/{catalog_id}/detect", tags=["search"], openapi_extra=_DETECT_BODY)
+    async def detect(catalog_id: str, request: Request, who: Caller) -> dict:
+        """Catalogue items inside a photo (upload or URL): per item its box (pixels and
+        fractions), the best catalogue matches and whether keypoints confirmed it."""
+        readable(catalog_id, who)
+        query = await _read_detect(request, config)
+        if query["image"] is None:
+            query["image"] = await run_in_threadpool(_fetch, query["url"], config)
+        return await run_in_threadpool(
+            lambda: catalogs.detect(
+                catalog_id,
+                query["image"],
+                k=query["k"],
+                proposals=query["proposals"],
+                min_score=query["min_score"],
+            )
+        )
 
     # -- web page -----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -385,7 +507,13 @@ def _install_errors(app: FastAPI) -> None:
         return answer(exc.status, exc.message)
 
     # Errors from the layers below, as JSON with their status (409: the catalogue is busy).
-    statuses = {NotFoundError: 404, BadRequestError: 400, FetchError: 400, CollectionError: 409}
+    statuses = {
+        NotFoundError: 404,
+        BadRequestError: 400,
+        FetchError: 400,
+        CollectionError: 409,
+        UnavailableError: 501,
+    }
     for error, status in statuses.items():
 
         async def handle(_: Request, exc: Exception, status: int = status) -> JSONResponse:
@@ -523,6 +651,68 @@ async def _read_search(request: Request, config: ServerConfig) -> dict:
     return query
 
 
+async def _read_detect(request: Request, config: ServerConfig) -> dict:
+    """A photo (multipart ``file`` or a ``url``) and the detect options, checked."""
+    kind = request.headers.get("content-type", "")
+    image = None
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_part_size=1024 * 1024)
+        file = form.get("file")
+        if isinstance(file, UploadFile):
+            image = await file.read(config.max_upload_bytes + 1)
+            if len(image) > config.max_upload_bytes:
+                raise ApiError(413, f"the file is larger than {config.max_upload_bytes:,} bytes")
+        fields: Any = {k: v for k, v in form.items() if isinstance(v, str)}
+        if fields.get("proposals"):
+            raw = fields["proposals"].strip()
+            fields["proposals"] = (
+                _parse_field("proposals", raw)
+                if raw.startswith("[")
+                else [p.strip() for p in raw.split(",") if p.strip()]
+            )
+        if fields.get("min_score"):
+            try:
+                fields["min_score"] = float(fields["min_score"])
+            except ValueError:
+                raise ApiError(400, "min_score must be a number") from None
+    elif kind.startswith("application/json"):
+        fields = await _json(request)
+        if not isinstance(fields, dict):
+            raise ApiError(400, "the JSON body must be an object")
+    else:
+        raise ApiError(415, "send multipart/form-data (file) or JSON (url)")
+    url = fields.get("url")
+    if url in (None, ""):
+        url = None
+    elif not isinstance(url, str) or len(url) > 2000:
+        raise ApiError(400, "url must be a string")
+    if image is None and url is None:
+        raise ApiError(400, "give an image file or an image url")
+    proposals = fields.get("proposals")
+    if proposals in (None, "", []):
+        proposals = None
+    else:
+        if isinstance(proposals, str):
+            proposals = [proposals]
+        if (
+            not isinstance(proposals, list)
+            or len(proposals) > 8
+            or not all(isinstance(p, str) and 0 < len(p) <= 40 for p in proposals)
+        ):
+            raise ApiError(400, 'proposals must be a list of source names, e.g. ["keypoints"]')
+    min_score = fields.get("min_score")
+    if min_score in (None, ""):
+        min_score = None
+    elif (
+        isinstance(min_score, bool)
+        or not isinstance(min_score, int | float)
+        or not -1 <= min_score <= 1
+    ):
+        raise ApiError(400, "min_score must be a number in -1..1")
+    k = _int_field(fields.get("k", 3), most=20)
+    return {"image": image, "url": url, "k": k, "proposals": proposals, "min_score": min_score}
+
+
 def _parse_field(name: str, raw: str) -> object:
     if name == "region" and not raw.lstrip().startswith("["):
         try:
@@ -535,13 +725,13 @@ def _parse_field(name: str, raw: str) -> object:
         raise ApiError(400, f"{name} is not valid JSON") from None
 
 
-def _int_field(value: object) -> int:
+def _int_field(value: object, most: int = 200) -> int:
     try:
         k = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ApiError(400, "k must be an integer") from None
-    if isinstance(value, bool) or not 1 <= k <= 200:
-        raise ApiError(400, "k must be between 1 and 200")
+    if isinstance(value, bool) or not 1 <= k <= most:
+        raise ApiError(400, f"k must be between 1 and {most}")
     return k
 
 
@@ -570,6 +760,31 @@ def _run_job(catalogs: Catalogs, job_id: str, catalog_id: str, uploads: list[Upl
     added = sum("id" in r for r in results)
     db.update_job(
         job_id, state="done", done=len(uploads), result={"images": results, "added": added}
+    )
+
+
+def _run_duplicates_job(
+    catalogs: Catalogs, job_id: str, catalog_id: str, add: bool, find: dict
+) -> None:
+    """A duplicates request run as a job: the copy space first (progress: images embedded),
+    then the groups, stored as the job's result."""
+    db = catalogs.db
+    db.update_job(job_id, state="running")
+    try:
+        added = None
+        if add:
+            added = catalogs.add_copy_space(
+                catalog_id,
+                progress=lambda done, total: db.update_job(job_id, state="running", done=done),
+            )
+        result = catalogs.duplicates(catalog_id, **find)
+    except Exception as exc:
+        log.exception("duplicates job %s failed", job_id)
+        db.update_job(job_id, state="failed", result={"error": str(exc)})
+        return
+    done = added["embedded"] + added["unreadable"] if added else 0
+    db.update_job(
+        job_id, state="done", done=done, result=result | ({"copy_space": added} if added else {})
     )
 
 

@@ -4,7 +4,12 @@ Everything here goes through :class:`lookalike.Collection`; there is no index or
 worker process keeps two open Collections per catalogue: a *reader* that searches (its index
 reloads itself when the catalogue's generation moves, so uploads made by other workers appear
 at the next search) and a *writer* used under the catalogue's write lock, so a long upload
-never blocks searches.
+never blocks searches. Both are reopened when the collection's manifest changes (another worker
+added the copy space, say).
+
+Each catalogue keeps a local copy of every original (``files/<content hash>``): it is the file
+the Collection indexes, and keypoint verification (``detect``) and the copy space
+(``duplicates``) read it again later.
 
 Example:
     >>> cats = Catalogs(config, db, storage, load_embedder)  # doctest: +SKIP
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import fcntl
 import io
+import math
+import os
 import re
 import secrets
 import shutil
@@ -32,7 +39,7 @@ from PIL import Image
 from lookalike.collection import Collection, CollectionError, SearchResult
 from lookalike.images import ImageError, decode, thumbnail
 from lookalike.ingest import content_hash
-from lookalike.models import Embedder
+from lookalike.models import Embedder, ModelError
 from lookalike.server.config import ServerConfig
 from lookalike.server.db import ServerDB
 from lookalike.server.storage import Storage
@@ -50,6 +57,10 @@ class NotFoundError(LookupError):
 
 class BadRequestError(ValueError):
     """The request cannot be served as asked (the message says why)."""
+
+
+class UnavailableError(RuntimeError):
+    """A feature this server cannot offer as installed (the message says what is missing)."""
 
 
 @dataclass
@@ -90,6 +101,8 @@ class Catalogs:
         self._readers: dict[str, Collection] = {}
         self._writers: dict[str, Collection] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._stamps: dict[tuple[int, str], tuple[int, int] | None] = {}
+        self._files_checked: set[str] = set()
         self._guard = threading.Lock()
 
     # -- catalogues ---------------------------------------------------------------------------
@@ -134,23 +147,31 @@ class Catalogs:
 
     def _forget(self, catalog_id: str) -> None:
         with self._guard:
+            self._files_checked.discard(catalog_id)
             for cache in (self._readers, self._writers):
                 col = cache.pop(catalog_id, None)
+                self._stamps.pop((id(cache), catalog_id), None)
                 if col is not None:
                     col.close()
 
     def _open(self, catalog_id: str, cache: dict[str, Collection]) -> Collection:
         entry = self.get(catalog_id)
+        folder = self.folder(catalog_id)
         with self._guard:
             col = cache.get(catalog_id)
-            if col is None or not (col.path / "manifest.json").exists():
+            stamp = _stamp(folder / "manifest.json")
+            key = (id(cache), catalog_id)
+            if col is None or stamp is None or self._stamps.get(key) != stamp:
+                # A reader may be searching in another thread: it is dropped, not closed.
+                if col is not None and cache is self._writers:
+                    col.close()
                 try:
-                    col = Collection.open(
-                        self.folder(catalog_id), embedder=self._embedder_unlocked(entry["model"])
-                    )
+                    col = Collection.open(folder, embedder=self._embedder_unlocked(entry["model"]))
                 except CollectionError:
+                    cache.pop(catalog_id, None)
                     raise NotFoundError("no such catalogue") from None
                 cache[catalog_id] = col
+                self._stamps[key] = stamp  # a change during the open reopens next time
             return col
 
     def _embedder_unlocked(self, model: str) -> Embedder:
@@ -198,18 +219,14 @@ class Catalogs:
                     staged.append(self._stage(catalog_id, i, uploads[i]))
                 except ImageError as exc:
                     results[i] = {"index": i, "error": exc.reason}
-            try:
-                self._index(catalog_id, staged, results)
-            finally:
-                for item in staged:
-                    item.path.unlink(missing_ok=True)
+            self._index(catalog_id, staged, results)
             done = min(start + BATCH, len(uploads))
             if progress:
                 progress(done, len(uploads))
         return results
 
     def _stage(self, catalog_id: str, index: int, upload: Upload) -> _Staged:
-        """Check the bytes are an image, store original and thumbnail, write a staging file."""
+        """Check the bytes are an image, store original and thumbnail, keep the local copy."""
         if len(upload.data) > self.config.max_upload_bytes:
             raise ImageError(f"file larger than {self.config.max_upload_bytes:,} bytes")
         side = self.config.thumbnail_side
@@ -219,26 +236,66 @@ class Catalogs:
         thumbnail(image, side).save(buffer, "JPEG", quality=85)
         self.storage.put(_thumb_key(catalog_id, digest), buffer.getvalue())
         self.storage.put(_original_key(catalog_id, digest), upload.data)
-        incoming = self.folder(catalog_id) / "incoming"
-        incoming.mkdir(exist_ok=True)
-        path = incoming / f"{uuid.uuid4().hex}.upload"  # our name: nothing from the request
-        path.write_bytes(upload.data)
+        path = self._keep_file(catalog_id, digest, upload.data)
         return _Staged(index, path, digest, dict(upload.metadata))
+
+    def _local_file(self, catalog_id: str, digest: str) -> Path:
+        """Where the catalogue keeps its copy of an original (named by the content hash)."""
+        return self.folder(catalog_id) / "files" / digest
+
+    def _keep_file(self, catalog_id: str, digest: str, data: bytes) -> Path:
+        """Write the local copy of an original unless it is there (atomically: temp + rename;
+        an existing file keeps its mtime, so the Collection sees it unchanged)."""
+        path = self._local_file(catalog_id, digest)
+        if path.exists():
+            return path
+        incoming = self.folder(catalog_id) / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
+        temp = incoming / f"{uuid.uuid4().hex}.upload"  # our name: nothing from the request
+        temp.write_bytes(data)
+        os.replace(temp, path)
+        return path
+
+    def _ensure_files(self, catalog_id: str, col: Collection) -> None:
+        """Catalogues made before the server kept local copies: write back, from storage, the
+        originals whose indexed file is gone (once per process and catalogue)."""
+        if catalog_id in self._files_checked:
+            return
+        folder = self.folder(catalog_id).resolve()
+        for record in col.records():
+            if any(os.path.exists(p) for p in record.paths):
+                continue
+            target = Path(record.paths[0]) if record.paths else None
+            if target is None or folder not in target.parents:
+                continue  # not a file of ours: never written
+            try:
+                data = self.storage.get(_original_key(catalog_id, record.content_hash))
+            except KeyError:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{uuid.uuid4().hex}.tmp")
+            temp.write_bytes(data)
+            os.replace(temp, target)
+        self._files_checked.add(catalog_id)
 
     def _index(self, catalog_id: str, staged: list[_Staged], results: list[dict]) -> None:
         if not staged:
             return
         paths = [str(item.path.resolve()) for item in staged]
-        metadata = {p: item.metadata for p, item in zip(paths, staged, strict=True)}
+        metadata: dict[str, dict] = {}
+        for path, item in zip(paths, staged, strict=True):  # one content twice: metadata merged
+            metadata[path] = {**metadata.get(path, {}), **item.metadata}
         with self.write_lock(catalog_id):
             col = self.writer(catalog_id)
-            report = self._retry_busy(lambda: col.add(paths, metadata=metadata))
+            report = self._retry_busy(lambda: col.add(list(metadata), metadata=metadata))
             skipped = dict(report.skipped)
             for path, item in zip(paths, staged, strict=True):
                 image_id = col.image_id_of(item.content_hash)
                 if image_id is None:
                     reason = skipped.get(path, "not indexed")
                     results[item.index] = {"index": item.index, "error": reason}
+                    item.path.unlink(missing_ok=True)  # no image holds this content
                 else:
                     results[item.index] = {"index": item.index, "id": image_id}
 
@@ -291,6 +348,7 @@ class Catalogs:
             if col.image_id_of(record.content_hash) is None:
                 self.storage.delete(_original_key(catalog_id, record.content_hash))
                 self.storage.delete(_thumb_key(catalog_id, record.content_hash))
+                self._local_file(catalog_id, record.content_hash).unlink(missing_ok=True)
 
     def blob(self, catalog_id: str, image_id: int, kind: str) -> tuple[bytes, str]:
         """The thumbnail (``kind="thumbnail"``) or original of an image, with its MIME type."""
@@ -341,6 +399,184 @@ class Catalogs:
         if not col.has_text():
             raise BadRequestError("this catalogue's model has no text side: search it by image")
         return col.search_text(text, k)
+
+    # -- duplicates -----------------------------------------------------------------------------
+    def copy_space_state(self, catalog_id: str) -> tuple[bool, int, int]:
+        """(has a copy space, images without a copy vector, images)."""
+        from lookalike.copies import COPY_SPACE
+
+        col = self.reader(catalog_id)
+        count = len(col)
+        if COPY_SPACE not in col.spaces():
+            return False, count, count
+        return True, len(col.catalogue.ids_missing(COPY_SPACE)), count
+
+    def add_copy_space(
+        self, catalog_id: str, progress: Callable[[int, int], None] | None = None
+    ) -> dict:
+        """Give the catalogue its copy space (or complete it): ``Collection.add_copy_space``
+        under the write lock, with the model already there or ``copies.DEFAULT_COPY_MODEL``."""
+        from lookalike.copies import COPY_SPACE, DEFAULT_COPY_MODEL
+
+        self.get(catalog_id)
+        with self.write_lock(catalog_id):
+            col = self.writer(catalog_id)
+            model = col.spaces().get(COPY_SPACE, {}).get("model", DEFAULT_COPY_MODEL)
+            self._ensure_files(catalog_id, col)
+            try:
+                report = self._retry_busy(lambda: col.add_copy_space(model, progress=progress))
+            except ModelError as exc:
+                raise UnavailableError(f"copy detection is not available: {exc}") from None
+        return {
+            "model": report.model,
+            "embedded": report.embedded,
+            "unreadable": len(report.missing),  # file paths are not the API's business
+            "seconds": round(report.seconds, 3),
+        }
+
+    def duplicates(
+        self,
+        catalog_id: str,
+        *,
+        threshold: float | None = None,
+        k: int = 10,
+        verify: bool = False,
+        limit: int = 500,
+    ) -> dict:
+        """Groups of near-duplicate images (``Collection.duplicates``) as API image ids: each
+        with the suggested original and the others' copy-space scores, largest group first.
+
+        Identical content uploaded twice is one image here, so exact copies never form a group.
+        """
+        from lookalike.copies import COPY_SPACE, threshold_for
+
+        col = self.reader(catalog_id)
+        if COPY_SPACE not in col.spaces():
+            raise BadRequestError(
+                "this catalogue has no copy-detection vectors yet: a key with write rights adds "
+                "them by calling POST /catalogs/{id}/duplicates"
+            )
+        if verify:
+            self._ensure_files(catalog_id, col)
+        used = threshold_for(col) if threshold is None else float(threshold)
+        groups = []
+        records: dict[int, object] = {}
+
+        def record(image_id: int):
+            if image_id not in records:
+                records[image_id] = col.get(image_id)
+            return records[image_id]
+
+        for group in col.duplicates(used, k, verify):
+            seen = {group.original_id}
+            others = []
+            for other in group.others:
+                if other["id"] in seen or other["kind"] != "near":
+                    continue  # the same image under another file: one id in the API
+                seen.add(other["id"])
+                found = record(other["id"])
+                if found is not None:
+                    others.append({"score": other["score"], **_record_json(catalog_id, found)})
+            original = record(group.original_id)
+            if others and original is not None:
+                others.sort(key=lambda o: -o["score"])
+                groups.append({"original": _record_json(catalog_id, original), "others": others})
+        groups.sort(key=lambda g: (-len(g["others"]), -g["others"][0]["score"]))
+        spec = col.spaces()[COPY_SPACE]
+        return {
+            "model": spec.get("model"),
+            "threshold": round(used, 6),
+            "k": k,
+            "verified": verify,
+            "images": len(col),
+            "without_copy_vectors": len(col.catalogue.ids_missing(COPY_SPACE)),
+            "total_groups": len(groups),
+            "groups": groups[:limit],
+        }
+
+    # -- detection ------------------------------------------------------------------------------
+    def detect(
+        self,
+        catalog_id: str,
+        image: bytes,
+        *,
+        k: int = 3,
+        proposals: Sequence[str] | None = None,
+        min_score: float | None = None,
+    ) -> dict:
+        """Catalogue items inside a photo (``lookalike.detect.detect`` with its defaults; the
+        options given are passed through): per item its box in pixels and as fractions, the
+        best matches as API images, and the keypoint confirmation."""
+        from lookalike.detect import detect
+
+        col = self.reader(catalog_id)
+        photo = decode(image, max_pixels=self.config.max_pixels)
+        self._ensure_files(catalog_id, col)
+        options: dict = {"k": k}
+        if proposals is not None:
+            options["proposals"] = list(proposals)
+        if min_score is not None:
+            options["min_score"] = float(min_score)
+        start = time.perf_counter()
+        try:
+            found = detect(col, photo, **options)
+        except CollectionError:
+            raise
+        except ValueError as exc:  # an unknown proposal source
+            raise BadRequestError(str(exc)) from None
+        except (RuntimeError, ImportError, OSError) as exc:  # a source not installed here
+            if proposals is None:
+                raise
+            raise BadRequestError(f"proposal source not available: {exc}") from None
+        width, height = photo.size
+        items = []
+        for item in found:
+            x0, y0, x1, y1 = _clip(item.box, width, height)
+            score = float(item.score) if item.matches else math.nan
+            items.append(
+                {
+                    "box": [x0, y0, x1, y1],
+                    "region": [
+                        round(x0 / width, 5),
+                        round(y0 / height, 5),
+                        round((x1 - x0) / width, 5),
+                        round((y1 - y0) / height, 5),
+                    ],
+                    "source": item.source,
+                    # The detector's class name, for proposal sources that have one ("ssd"...).
+                    "label": getattr(item, "label", None),
+                    "verified": bool(item.verified),
+                    "inliers": int(item.inliers),
+                    "score": round(score, 6) if math.isfinite(score) else None,
+                    "matches": [hit_json(catalog_id, m) for m in item.matches],
+                }
+            )
+        return {
+            "width": width,
+            "height": height,
+            "items": items,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when a file is rewritten (atomic rename: a new inode), or None if absent."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_ino
+
+
+def _clip(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
+    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
+    return x0, y0, x1, y1
+
+
+def _record_json(catalog_id: str, record) -> dict:
+    return image_json(catalog_id, record.id, record.width, record.height, record.metadata)
 
 
 def crop(image: Image.Image, region: Sequence[float]) -> Image.Image:

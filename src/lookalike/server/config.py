@@ -36,6 +36,8 @@ class ServerConfig:
     write_wait_seconds: float = 60.0
     #: Uploads with more files than this run as a job unless the client asks to wait.
     job_threshold: int = 64
+    #: A duplicates request on a larger catalogue runs as a job (its k-NN pass is O(N^2)).
+    duplicates_sync_images: int = 10_000
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().resolve()

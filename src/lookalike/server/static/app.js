@@ -114,6 +114,7 @@ function setQuery(file) {
   state.query = file;
   state.region = null;
   $("box").hidden = true;
+  $("detections").replaceChildren();
   $("query-image").src = URL.createObjectURL(file);
   $("query-wrap").hidden = false;
   $("drop-hint").hidden = true;
@@ -134,6 +135,7 @@ function setupBox() {
     event.preventDefault();
     wrap.setPointerCapture(event.pointerId);
     start = point(event);
+    $("detections").replaceChildren();
   });
   wrap.addEventListener("pointermove", (event) => {
     if (!start) return;
@@ -190,36 +192,126 @@ async function browse() {
   say(`${page.total} image${page.total === 1 ? "" : "s"} in this catalogue${page.total > 200 ? " (first 200 shown)" : ""}.`);
 }
 
+const itemName = (item) => item.metadata.title || item.metadata.sku
+  || (item.metadata.filename || "").split("/").pop() || `#${item.id}`;
+
+function makeCard(item, withScore, badge = "") {
+  const card = document.createElement("button");
+  card.className = "card";
+  card.type = "button";
+  card.dataset.id = item.id;
+  const img = document.createElement("img");
+  img.alt = item.metadata.title || item.metadata.filename || `image ${item.id}`;
+  img.loading = "lazy";
+  const caption = document.createElement("div");
+  caption.className = "caption";
+  const name = document.createElement("span");
+  name.textContent = itemName(item);
+  name.title = name.textContent;
+  name.className = "name muted";
+  caption.append(name);
+  if (withScore || badge) {
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = badge || item.score.toFixed(3);
+    caption.append(score);
+  }
+  card.append(img, caption);
+  card.addEventListener("click", () => openDetails(item));
+  imageUrl(item.thumbnail).then((url) => { img.src = url; }).catch(() => {});
+  return card;
+}
+
 async function showGrid(items, withScores) {
   blobUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
-  const cards = items.map((item) => {
-    const card = document.createElement("button");
-    card.className = "card";
-    card.type = "button";
-    card.dataset.id = item.id;
-    const img = document.createElement("img");
-    img.alt = item.metadata.title || item.metadata.filename || `image ${item.id}`;
-    img.loading = "lazy";
-    const caption = document.createElement("div");
-    caption.className = "caption";
-    const name = document.createElement("span");
-    const filename = (item.metadata.filename || "").split("/").pop();
-    name.textContent = item.metadata.title || item.metadata.sku || filename || `#${item.id}`;
-    name.title = name.textContent;
-    name.className = "name muted";
-    caption.append(name);
-    if (withScores) {
-      const score = document.createElement("span");
-      score.className = "score";
-      score.textContent = item.score.toFixed(3);
-      caption.append(score);
+  $("results").replaceChildren(...items.map((item) => makeCard(item, withScores)));
+}
+
+// -- items in a photo (POST /detect) ---------------------------------------------------------
+async function detectItems() {
+  if (!state.catalog) { say("Choose or create a catalogue first.", true); return; }
+  if (!state.query) { say("Pick a photo first.", true); return; }
+  const form = new FormData();
+  form.append("file", state.query, "photo");
+  form.append("k", "3");
+  say("Looking for catalogue items in the photo…");
+  state.region = null;
+  $("box").hidden = true;
+  const started = performance.now();
+  const found = await apiJson(`/catalogs/${state.catalog}/detect`, { method: "POST", body: form });
+  await showGrid(found.items.map((item) => item.matches[0]).filter(Boolean), true);
+  drawDetections(found.items);
+  const n = found.items.length;
+  say(n ? `Found ${n} item${n === 1 ? "" : "s"} in ${Math.round(performance.now() - started)} ms.`
+    : "No catalogue item found in this photo.");
+}
+
+// Boxes are placed in percentages of the photo, so they follow it at any screen size.
+function drawDetections(items) {
+  const layer = $("detections");
+  layer.replaceChildren(...items.map((item) => {
+    const [x, y, w, h] = item.region;
+    const best = item.matches[0];
+    const box = document.createElement("div");
+    box.className = `det-box${item.verified ? "" : " unconfirmed"}${y < 0.12 ? " low" : ""}`
+      + (x > 0.5 ? " right" : "");  // labels stay inside the photo
+    Object.assign(box.style, { left: `${x * 100}%`, top: `${y * 100}%`,
+      width: `${w * 100}%`, height: `${h * 100}%` });
+    box.title = `${best ? itemName(best) : "?"}: score ${item.score ?? "?"}`
+      + (item.verified ? `, ${item.inliers} keypoint matches` : ", not confirmed by keypoints");
+    const label = document.createElement("div");
+    label.className = "det-label";
+    if (best) {
+      const thumb = document.createElement("img");
+      thumb.alt = itemName(best);
+      imageUrl(best.thumbnail).then((url) => { thumb.src = url; }).catch(() => {});
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = itemName(best);
+      const score = document.createElement("b");
+      score.className = "det-score";
+      score.textContent = best.score.toFixed(2);
+      label.append(thumb, name, score);
     }
-    card.append(img, caption);
-    card.addEventListener("click", () => openDetails(item));
-    imageUrl(item.thumbnail).then((url) => { img.src = url; }).catch(() => {});
-    return card;
+    box.append(label);
+    return box;
+  }));
+}
+
+// -- duplicates (POST /duplicates; a job when the copy space is computed for many images) ----
+async function findDuplicates() {
+  if (!state.catalog) return;
+  say("Looking for duplicates…");
+  const response = await api(`/catalogs/${state.catalog}/duplicates`, { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: "{}" });
+  let answer = await response.json();
+  if (response.status === 202) {
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const job = await apiJson(answer.status);
+      if (job.state === "failed") throw new Error(job.result?.error || "the job failed");
+      if (job.state === "done") { answer = job.result; break; }
+      say(`Computing copy-detection vectors: ${job.done} / ${job.total}…`);
+    }
+  }
+  showDuplicates(answer);
+}
+
+function showDuplicates(answer) {
+  blobUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
+  const nodes = [];
+  answer.groups.forEach((group, i) => {
+    const title = document.createElement("div");
+    title.className = "group";
+    title.textContent = `Group ${i + 1}: ${group.others.length + 1} images`;
+    const original = makeCard(group.original, false, "original");
+    original.classList.add("original");
+    nodes.push(title, original, ...group.others.map((item) => makeCard(item, true)));
   });
-  $("results").replaceChildren(...cards);
+  $("results").replaceChildren(...nodes);
+  const n = answer.total_groups;
+  say(n ? `${n} group${n === 1 ? "" : "s"} of duplicates (copy score ≥ ${answer.threshold}).`
+    : `No duplicates among ${answer.images} images.`);
 }
 
 async function openDetails(item) {
@@ -274,6 +366,8 @@ function wire() {
   }));
   $("delete-catalog").addEventListener("click", run(deleteCatalog));
   $("browse").addEventListener("click", run(browse));
+  $("duplicates").addEventListener("click", run(findDuplicates));
+  $("detect").addEventListener("click", run(detectItems));
   for (const id of ["folder", "files"]) {
     $(id).addEventListener("change", run(async (event) => { await uploadFiles(event.target.files); event.target.value = ""; }));
   }
