@@ -180,3 +180,49 @@ def test_metadata_is_stored_merged_and_returned(tmp_path, photo_dir, embedder) -
         assert col.update_metadata(hit.id, {"title": "launch"}) == {"sku": "R-1", "title": "launch"}
         with pytest.raises(CollectionError):
             col.update_metadata(10**9, {})
+
+
+_MID_WRITE = """
+import sys
+from lookalike.collection import Collection, _WriteLock
+
+col = Collection.open(sys.argv[1])
+col._save_indexes = lambda: None  # the catalogue is written, the index not saved yet
+col.add([sys.argv[2]])
+with _WriteLock(col.path):  # and the writer is still at work
+    print("mid-write", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_readers_follow_the_saved_index_while_another_process_writes(
+    tmp_path, photo_dir, embedder
+) -> None:
+    """A reader never rebuilds the index under a live writer (that stalled every search of a
+    busy server); it answers from the last saved index and sees the write once it is saved."""
+    import subprocess
+    import sys
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    skimage_photo("coffee").rotate(180).save(extra / "upside.jpg", quality=92)
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+    with Collection.open(tmp_path / "col", embedder=embedder) as reader:
+        assert len(reader.index()) == 6
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _MID_WRITE, str(tmp_path / "col"), str(extra / "upside.jpg")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert writer.stdout.readline().strip() == "mid-write"
+            assert len(reader) == 7  # the catalogue is ahead of every saved index
+            reader._build_index = None  # a rebuild now would fail loudly
+            assert len(reader.index()) == 6
+            assert reader.search(photo_dir / "chelsea.jpg", k=1)[0].path.endswith("chelsea.jpg")
+        finally:
+            writer.communicate("", timeout=60)
+        del reader._build_index  # the writer is gone and never saved: rebuild from the catalogue
+        assert len(reader.index()) == 7

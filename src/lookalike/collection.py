@@ -36,10 +36,10 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import ThreadpoolController
 
-from lookalike import ingest
+from lookalike import ingest, sources
 from lookalike.descriptors import Whitening, l2n, query_expansion
 from lookalike.images import decode
-from lookalike.index import VectorIndex, create_index, load_index
+from lookalike.index import VectorIndex, VectorIndexError, create_index, load_index
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.models import Embedder, load_embedder
 from lookalike.store import (
@@ -68,6 +68,9 @@ PCA_SAMPLE = 20_000
 EXPAND = 3
 
 Progress = Callable[[int, int], None]
+#: Loads the files to index, (path, state) pairs, into items; ``lookalike.bulk`` gives one that
+#: embeds them in Ray workers (items then carry their ``vectors``).
+Loader = Callable[[list[tuple[str, FileState]]], Iterable[ingest.Loaded]]
 Query = str | Path | bytes | Image.Image | np.ndarray
 
 
@@ -155,6 +158,7 @@ class Collection:
         self._space_embedders: dict[str, Embedder] = {}
         self._text_model = None
         self._lock = threading.RLock()
+        self._writing = False  # holds the write lock now
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -468,32 +472,45 @@ class Collection:
             spec = self.spaces()[space]
             file = self._index_file(space)
             state_file = file.with_suffix(".json")
-            projection = load_projection(file)
+            saved = _saved_generation(state_file) if file.exists() else None
+            if saved != generation and not self._writing and _WriteLock.held(self.path):
+                # Another writer (a process, or another Collection here) is at work: its index
+                # file, stamped when it finishes (before its caller hears back), is the one to
+                # follow. Until then, answer from the last saved index instead of rebuilding
+                # from the catalogue under this lock (which stalled every search of a server).
+                if cached is not None and (saved is None or cached[1] >= saved):
+                    return cached[0]
+                generation = saved if saved is not None else generation
             index: VectorIndex | None = None
-            if (
-                file.exists()
-                and state_file.exists()
-                and json.loads(state_file.read_text()).get("generation") == generation
-            ):
-                index = load_index(spec["index"], file)
-                if projection is not None:
+            if saved == generation:
+                projection = load_projection(file)
+                with contextlib.suppress(VectorIndexError):  # e.g. its Milvus data is gone
+                    index = load_index(spec["index"], file)
+                if projection is not None and index is not None:
                     index = ProjectedIndex(index, *projection)
             if index is None:
-                index = self._build_index(space, projection)
+                index = self._build_index(space, load_projection(file))
             self._indexes[space] = (index, generation)
             return index
 
     def _build_index(self, space: str, projection: tuple[Whitening, int] | None) -> VectorIndex:
         """A new index of ``space`` filled from the catalogue's vectors."""
         spec = self.spaces()[space]
+        options = self._index_options(space)
         if projection is None:
-            index: VectorIndex = create_index(spec["index"], int(spec["dim"]))
+            index: VectorIndex = create_index(spec["index"], int(spec["dim"]), **options)
         else:
-            inner = create_index(spec["index"], projection[0].dim)
+            inner = create_index(spec["index"], projection[0].dim, **options)
             index = ProjectedIndex(inner, *projection)
         for ids, vectors in self.catalogue.iter_vectors(space):
             index.add(ids, vectors)
         return index
+
+    def _index_options(self, space: str) -> dict:
+        """What a kind that keeps its vectors outside the folder (``milvus``) is told: the
+        file its pointer is saved to, which names its default place and its collection."""
+        kind = str(self.spaces()[space]["index"])
+        return {"path": self._index_file(space)} if kind.split(":")[0] == "milvus" else {}
 
     def _refit_projections(self) -> None:
         """Learn (or re-learn) the PCA of spaces that ask for one, once the collection is big
@@ -541,6 +558,7 @@ class Collection:
         batch_size: int = 32,
         workers: int | None = None,
         metadata: Mapping[str | Path, dict] | None = None,
+        loader: Loader | None = None,
     ) -> IndexReport:
         """Add image files, and every image under folders, skipping files already indexed.
 
@@ -552,9 +570,16 @@ class Collection:
         Example:
             >>> col.add(["shoe.jpg"], metadata={"shoe.jpg": {"sku": "A-12"}})  # doctest: +SKIP
         """
-        files = _expand(paths)
-        given = {_resolve(p): dict(m) for p, m in (metadata or {}).items()}
-        return self._index_files(files, set(), progress, batch_size, workers, given)
+        paths = list(paths)
+        states = _list_remote(p for p in paths if sources.is_remote(p))
+        files = _expand(p for p in paths if not sources.is_remote(p)) + list(states)
+        given = {
+            (str(p) if sources.is_remote(p) else _resolve(p)): dict(m)
+            for p, m in (metadata or {}).items()
+        }
+        return self._index_files(
+            files, set(), progress, batch_size, workers, given, states=states, loader=loader
+        )
 
     def sync(
         self,
@@ -563,15 +588,68 @@ class Collection:
         progress: Progress | None = None,
         batch_size: int = 32,
         workers: int | None = None,
+        loader: Loader | None = None,
     ) -> IndexReport:
-        """Make the collection match ``folders``: add new and changed files, drop removed ones."""
-        folders = [Path(f).expanduser().resolve() for f in folders]
+        """Make the collection match ``folders``: add new and changed files, drop removed ones.
+
+        A folder may be an ``s3://bucket/prefix`` (see ``lookalike.sources``): its objects are
+        recorded as ``s3://bucket/key`` with their size and ETag as the change key. ``loader``
+        replaces the reading and embedding of new files (``lookalike.bulk.RayLoader``).
+        """
+        folders = list(folders)
+        remote = [str(f) for f in folders if sources.is_remote(f)]
+        folders = [Path(f).expanduser().resolve() for f in folders if not sources.is_remote(f)]
         for folder in folders:
             if not folder.exists():
                 raise CollectionError(f"no such folder: {folder}")
-        files = _expand(folders)
+        states = _list_remote(remote)
+        files = _expand(folders) + list(states)
         prefixes = tuple(str(f) + os.sep if f.is_dir() else str(f) for f in folders)
-        return self._index_files(files, set(prefixes), progress, batch_size, workers)
+        prefixes += tuple(u if u in states else u.rstrip("/") + "/" for u in remote)
+        return self._index_files(
+            files, set(prefixes), progress, batch_size, workers, states=states, loader=loader
+        )
+
+    def add_embedded(
+        self,
+        shards: str | Path,
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 256,
+    ) -> IndexReport:
+        """Merge vectors computed elsewhere (embedding shards written by
+        ``lookalike.bulk.embed_with_ray``, format in docs/architecture.md) into the collection,
+        as ``add`` would: files already indexed with the same state are left alone, failed rows
+        are recorded as skipped, identical contents are linked.
+
+        Example:
+            >>> col.add_embedded("shards/")  # doctest: +SKIP
+        """
+        from lookalike import bulk
+
+        info = bulk.read_shard_info(shards)
+        bulk.check_compatible(self, info)
+        states = bulk.shard_states(shards)
+        return self._index_files(
+            list(states),
+            set(),
+            progress,
+            batch_size,
+            None,
+            states=states,
+            loader=lambda todo: bulk.read_shards(shards, only={p for p, _ in todo}),
+        )
+
+    def _complete_vectors(self, given: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The vectors of every space from vectors embedded elsewhere: the spaces given, and the
+        text space derived from the image space."""
+        out = {space: np.stack([g[space] for g in given]).astype(np.float32) for space in given[0]}
+        missing = [s for s in self.spaces() if s not in out and s != TEXT_SPACE]
+        if missing:
+            raise CollectionError(f"the embedded vectors lack the spaces {missing}")
+        if TEXT_SPACE in self.spaces():
+            out[TEXT_SPACE] = self._text_vectors_of(out[IMAGE_SPACE])
+        return out
 
     def _index_files(
         self,
@@ -581,11 +659,16 @@ class Collection:
         batch_size: int,
         workers: int | None,
         metadata: dict[str, dict] | None = None,
+        *,
+        states: dict[str, FileState] | None = None,
+        loader: Loader | None = None,
     ) -> IndexReport:
-        with _WriteLock(self.path), self._lock:
+        with _WriteLock(self.path, self), self._lock:
             self.enable_text()  # an older collection gains its text space from stored vectors
             indexer = _Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1))
             indexer.metadata = metadata or {}
+            indexer.states = states or {}
+            indexer.loader = loader
             return indexer.run(files, prune_prefixes, progress)
 
     def get(self, image_id: int) -> ImageRecord | None:
@@ -624,8 +707,10 @@ class Collection:
 
     def remove(self, paths: Iterable[str | Path]) -> int:
         """Forget files (or every file under a folder); returns the number of files removed."""
-        targets = [str(Path(p).expanduser().resolve()) for p in paths]
-        with _WriteLock(self.path), self._lock:
+        targets = [
+            str(p) if sources.is_remote(p) else str(Path(p).expanduser().resolve()) for p in paths
+        ]
+        with _WriteLock(self.path, self), self._lock:
             known = self.catalogue.file_states()
             doomed = [
                 p
@@ -826,6 +911,10 @@ class _Indexer:
         self.workers = workers
         self.report = IndexReport()
         self.metadata: dict[str, dict] = {}
+        # States known without a stat (objects listed in S3, rows of embedding shards), and a
+        # loader that yields loaded (or already-embedded) items for the files to do.
+        self.states: dict[str, FileState] = {}
+        self.loader: Loader | None = None
 
     def run(self, files: list[str], prune: set[str], progress: Progress | None) -> IndexReport:
         start = time.perf_counter()
@@ -837,7 +926,7 @@ class _Indexer:
         self.replaced: set[str] = set()
         for path in files:
             try:
-                state = ingest.file_state(path)
+                state = self.states.get(path) or ingest.file_state(path)
             except OSError as exc:
                 self.report.skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
                 continue
@@ -868,7 +957,7 @@ class _Indexer:
         prepare = getattr(self.col.embedder, "prepare", None)
 
         def load(path: str, state: FileState) -> ingest.Loaded:
-            item = ingest.load_file(path, state, min_side=self.col.decode_side)
+            item = ingest.load_file(path, state, min_side=self.col.decode_side, read=_reader(path))
             if prepare is not None and item.image is not None:
                 item.prepared = prepare(item.image)  # resize here, beside the network's work
             return item
@@ -877,9 +966,12 @@ class _Indexer:
         if progress:
             progress(0, total)
         try:
-            for done, item in enumerate(
-                ingest.load_files(todo, load, workers=self.workers, window=4 * self.batch_size), 1
-            ):
+            loaded = (
+                self.loader(todo)
+                if self.loader is not None
+                else ingest.load_files(todo, load, workers=self.workers, window=4 * self.batch_size)
+            )
+            for done, item in enumerate(loaded, 1):
                 self._take(item)
                 if len(self.pending) >= self.batch_size:
                     self._flush()
@@ -907,8 +999,10 @@ class _Indexer:
         if existing is not None:
             self._link(item, existing)
             return
-        if item.image is None:  # hash was known when loaded, but its image has since gone
-            item = ingest.load_file(item.path, item.state, min_side=self.col.decode_side)
+        if item.image is None and item.vectors is None:  # hash was known, its image has gone
+            item = ingest.load_file(
+                item.path, item.state, min_side=self.col.decode_side, read=_reader(item.path)
+            )
             if item.error is not None:
                 self._take(item)
                 return
@@ -932,10 +1026,13 @@ class _Indexer:
         if self.pending:
             batch, self.pending = self.pending, []
             prepared = [item.prepared for item in batch]
-            vectors = self.col.embed_images(
-                [item.image for item in batch],
-                prepared=prepared if all(p is not None for p in prepared) else None,
-            )
+            if all(item.vectors is not None for item in batch):  # embedded elsewhere (bulk.py)
+                vectors = self.col._complete_vectors([item.vectors for item in batch])
+            else:
+                vectors = self.col.embed_images(
+                    [item.image for item in batch],
+                    prepared=prepared if all(p is not None for p in prepared) else None,
+                )
             replaced = [item.path for item in batch if item.path in self.replaced]
             self._drop(replaced)
             ids = self.cat.add_images(
@@ -970,8 +1067,9 @@ class _Indexer:
 class _WriteLock:
     """An exclusive lock on the collection folder, so two writers never interleave."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owner: Collection | None = None) -> None:
         self.file = path / ".lock"
+        self.owner = owner  # told it is the writer: it follows its own writes, not the files
 
     def __enter__(self) -> None:
         self.handle = open(self.file, "a+")
@@ -982,10 +1080,37 @@ class _WriteLock:
             raise CollectionError(
                 f"another lookalike process is writing {self.file.parent}; wait for it to finish"
             ) from None
+        if self.owner is not None:
+            self.owner._writing = True
 
     def __exit__(self, *_: object) -> None:
+        if self.owner is not None:
+            self.owner._writing = False
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        """Whether a writer holds the lock of ``path`` now: another process, or another open
+        Collection of this one (flock locks belong to open files). A crashed writer's lock is
+        released by the kernel, so its half-done work is never waited for."""
+        if not (path / ".lock").exists():
+            return False
+        with open(path / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _saved_generation(state_file: Path) -> int | None:
+    """The catalogue generation a saved index was stamped with (None: none, or unreadable)."""
+    try:
+        return int(json.loads(state_file.read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _joint_text(embedder: Embedder) -> bool:
@@ -1018,6 +1143,22 @@ def _weighted(term: str | tuple[str, float]) -> tuple[str, float]:
 
 def _resolve(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+def _reader(path: str) -> Callable[[str], bytes] | None:
+    """How to read ``path``: None for a local file, ``sources.read_bytes`` for a URI."""
+    return sources.read_bytes if sources.is_remote(path) else None
+
+
+def _list_remote(uris: Iterable[str | Path]) -> dict[str, FileState]:
+    """Image objects under remote prefixes (``s3://...``): URI -> state (size, ETag)."""
+    states: dict[str, FileState] = {}
+    for uri in uris:
+        try:
+            states.update(sources.list_images(str(uri)))
+        except sources.SourceError as exc:
+            raise CollectionError(str(exc)) from exc
+    return states
 
 
 def _expand(paths: Iterable[str | Path]) -> list[str]:

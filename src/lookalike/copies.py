@@ -134,7 +134,7 @@ def add_copy_space(
             f"{col.path} already has a copy space of {existing.get('model')!r}, not {model!r}"
         )
     embedder = load_embedder(model)
-    with _WriteLock(col.path), col._lock:
+    with _WriteLock(col.path, col), col._lock:
         if existing is None:
             col.manifest["spaces"][COPY_SPACE] = copy_space_spec(embedder)
             _write_json(col.path / "manifest.json", col.manifest)
