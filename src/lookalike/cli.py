@@ -29,6 +29,7 @@ from rich.table import Table
 
 from lookalike.collection import DEFAULT_INDEX, DEFAULT_MODEL, Collection, CollectionError
 from lookalike.images import ImageError
+from lookalike.index import VectorIndexError
 from lookalike.models import ModelError
 
 app = typer.Typer(
@@ -69,7 +70,7 @@ def _errors() -> Iterator[None]:
     """Turn expected failures into a one-line message and exit code 1."""
     try:
         yield
-    except (CollectionError, ModelError, ImageError, FileNotFoundError) as exc:
+    except (CollectionError, ModelError, ImageError, FileNotFoundError, VectorIndexError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
@@ -94,17 +95,39 @@ def _progress_bar(label: str) -> Iterator:
 
 @app.command()
 def index(
-    folders: Annotated[list[Path], typer.Argument(help="Folders (recursively) or image files.")],
+    folders: Annotated[
+        list[str],
+        typer.Argument(help="Folders (recursively), image files, or s3://bucket/prefix URIs."),
+    ],
     collection: CollectionOpt = None,
     model: Annotated[
         str | None, typer.Option(help=f"Model for a new collection [{DEFAULT_MODEL}].")
     ] = None,
     index_kind: Annotated[
-        str, typer.Option("--index", help="Index kind for a new collection.")
+        str,
+        typer.Option(
+            "--index",
+            help="Index kind for a new collection: flat, hnsw, ivf-pq, lsh, auto, or milvus "
+            "(Milvus Lite in the collection) / milvus:URI (a .db file or http://host:19530).",
+        ),
     ] = DEFAULT_INDEX,
     batch_size: Annotated[int, typer.Option(help="Images per batch through the model.")] = 32,
-    workers: Annotated[int | None, typer.Option(help="Decoding threads.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding threads (with --ray: Ray workers, default 2).")
+    ] = None,
     as_json: JsonOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Decode and embed in Ray workers: local (a Ray here with --workers CPUs), "
+            "auto (the running cluster) or ray://HOST:PORT. Needs lookalike[ray].",
+        ),
+    ] = None,
+    shards: Annotated[
+        Path | None, typer.Option(help="With --ray: keep the embedding shards in this folder.")
+    ] = None,
     catalogue: Annotated[
         str | None, typer.Option(help="Catalogue of a new collection: postgresql://... URI.")
     ] = None,
@@ -139,12 +162,26 @@ def index(
                 added = col.add_copy_space(copy, progress=bar)
             for gone in added.missing:
                 err.print(f"[yellow]missing[/yellow] {gone}: no copy vector (file is gone)")
-        folders_ = [f for f in folders if f.is_dir()]
-        files = [f for f in folders if not f.is_dir()]
+        from lookalike.sources import is_remote
+
+        local = [Path(f) for f in folders if not is_remote(f)]
+        folders_ = [f for f in local if f.is_dir()] + [f for f in folders if is_remote(f)]
+        files = [f for f in local if not f.is_dir()]
+        loader = None
+        if ray is not None:
+            from lookalike.bulk import RayLoader
+
+            loader = RayLoader(
+                col, workers=workers or 2, address=ray, out_dir=shards, batch_size=batch_size
+            )
         with _progress_bar("indexing") as bar:
-            report = col.sync(folders_, progress=bar, batch_size=batch_size, workers=workers)
+            report = col.sync(
+                folders_, progress=bar, batch_size=batch_size, workers=workers, loader=loader
+            )
             if files:
-                more = col.add(files, progress=bar, batch_size=batch_size, workers=workers)
+                more = col.add(
+                    files, progress=bar, batch_size=batch_size, workers=workers, loader=loader
+                )
                 _merge(report, more)
         total = len(col)
     if as_json:

@@ -33,6 +33,7 @@ class Loaded:
     height: int = 0
     error: str | None = None
     prepared: object = None  # the model's input, when the model prepares it in this thread
+    vectors: dict | None = None  # already-embedded vectors by space (lookalike.bulk)
 
 
 def content_hash(data: bytes) -> str:
@@ -65,16 +66,21 @@ def load_file(
     *,
     min_side: int | None,
     known_hashes: Collection[str] = (),
+    read: Callable[[str], bytes] | None = None,
 ) -> Loaded:
     """Read, hash and decode one file; never raises for a bad file.
 
     When the content hash is in ``known_hashes`` the file is not decoded: its content is
-    already in the collection.
+    already in the collection. ``read`` fetches the bytes of a non-local ``path`` (e.g.
+    ``sources.read_bytes`` for ``s3://`` URIs); by default the file is opened.
     """
     item = Loaded(path, state)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if read is not None:
+            data = read(path)
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as exc:
         item.error = f"cannot read file: {exc.strerror or exc}"
         return item
