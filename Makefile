@@ -20,7 +20,11 @@ system-deps:
 			|| echo "warning: could not install$$missing; the tests that need them will skip"; \
 	fi
 
+# After the packages, the bundled object detector (`lookalike detect --proposals ssd`):
+# MediaPipe's Open Images SSD, from the npm package @mediapipe/objectron into the user cache
+# once, checksummed (a no-op when it is there).
 install: $(STAMP)
+	@$(PY) -m lookalike.detectors fetch || echo "warning: the SSD detector could not be fetched; its tests skip"
 
 # torch first and pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile

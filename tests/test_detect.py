@@ -77,7 +77,7 @@ def test_grid_proposals_find_items_by_similarity(shelf):
 
 def test_unknown_source_is_refused(shelf):
     with pytest.raises(ValueError, match="unknown proposal source"):
-        detect(shelf["col"], shelf["scene"], proposals="yolo")
+        detect(shelf["col"], shelf["scene"], proposals="magic")
 
 
 def test_crop_region_and_its_errors():
