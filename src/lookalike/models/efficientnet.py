@@ -302,6 +302,9 @@ class EfficientNetLite:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # Idle threads sleep instead of spinning: decoding threads (and other queries)
+                # share the cores, and spinning workers starved them (2 threads ran slower than 1).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 model = onnx_model(self.name, self.precision)
                 self._sessions[threads] = ort.InferenceSession(
                     str(model), options, providers=["CPUExecutionProvider"]

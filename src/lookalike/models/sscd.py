@@ -192,6 +192,9 @@ class SSCD:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: decoding threads (and other queries)
+        # share the cores, and spinning workers starved them (2 threads ran slower than 1).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(self._path), options, providers=["CPUExecutionProvider"]
