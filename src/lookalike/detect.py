@@ -10,30 +10,57 @@ the matched catalogue image to the photo.
 Where boxes come from (``proposals``; measured by ``benchmarks/detect.py``, section ``detect``
 of docs/benchmarks.md):
 
-- ``"keypoints"`` (default): *catalogue-driven localisation*. The whole photo and two grids
-  of crops are searched; the first :data:`CANDIDATES` catalogue images (by best rank in any
-  crop) are looked for inside the photo by the keypoint matcher, and each one found
-  (``verify(candidate, photo).verified``) gives its box by its homography. Only confirmed
-  items are reported, so the threshold is the matcher's own
-  (:data:`lookalike.verify.MIN_INLIERS` inliers and a sane homography). Identical items
-  (products, printed matter, the same photo) are found with tight boxes; items the matcher
-  cannot confirm (another object of the same kind, a heavy blur) are not.
+- ``"keypoints"`` (default): *catalogue-driven localisation*. In a collection of at most
+  ``detect_video.MATCH_ALL_LIMIT`` images every catalogue image is looked for at once: the
+  photo's keypoints are matched against one joint index of all the catalogue's
+  (``detect_video.CatalogueMatcher``) and each image with enough matches gets a homography.
+  In a larger one the whole photo and two grids of crops are searched, and the first
+  :data:`CANDIDATES` catalogue images (by best rank in any crop) are looked for by the
+  keypoint matcher (``verify(candidate, photo)``). Each find gives its box by its homography.
+  Only confirmed items are reported, so the threshold is the matcher's own: at least
+  ``min_inliers`` inliers (by default :data:`MIN_INLIERS` for the joint matcher, tuned on the
+  benchmark's shelf scenes, and ``verify.MIN_INLIERS`` through the shortlist) and a sane
+  homography; any other box is dropped as an unknown object. Several copies of one
+  item are each reported (at most ``max_copies``, :data:`MAX_COPIES`): a found copy's
+  keypoints are set aside and the item looked for again. Identical items (products, printed
+  matter, the same photo) are found with tight boxes; items the matcher cannot confirm
+  (another object of the same kind, a heavy blur) are not.
 - ``"grid"``: class-agnostic multi-scale sliding windows; ``"selective"``: OpenCV contrib's
   selective search. Every proposal is embedded and searched; proposals whose best score is
   below ``min_score`` (:data:`MIN_SCORE`) are dropped as unknown objects, the rest go through
   non-maximum suppression, and each kept box is checked by keypoints against its first match
   (``verified`` says whether it held). These find *similar* items, not only identical ones, but
   their boxes are only as good as the proposals.
+- ``"ssd"``: the boxes of a real object detector, MediaPipe Objectron's SSD (Open Images, 23
+  classes: people, footwear, mugs, bottles, chairs, laptops, boxes, cars...; installed by
+  ``make install``, see ``lookalike.detectors``); ``"yolo"``: the user's own detector
+  (``detector="model.onnx"``, a YOLOv5/v8/11 ONNX export, with its ``labels``). Their boxes
+  are then treated like grid boxes, and each detection keeps the detector's class (``label``).
+  Only objects of the detector's classes get a box.
 
 Measured on 50 synthetic scenes (121 Corel-1k items pasted into held-out Corel photos, 900
 catalogue images): "keypoints" precision 0.95, recall 0.87; "grid" 0.66/0.50 and "selective"
 0.60/0.69 at :data:`MIN_SCORE`, with looser boxes and several times more work per photo. On the
 real ``box.png`` in ``box_in_scene.png`` "keypoints" and "grid" find the box, "selective" does
-not (IoU < 0.5). Hence the default.
+not (IoU < 0.5). Hence the default. "ssd" gives 0.55/0.36 there (its boxes are objects, not the
+pasted photos), and "keypoints" + "ssd" 0.87/0.90 at MIN_SCORE (0.91/0.89 at 0.8): 4 more items
+found for 10 more false boxes (3 for 5 at 0.8), so it is not the default. On
+``box_in_scene.png`` "ssd" boxes the box (IoU 0.82, keypoint-confirmed), scored 0.71: under
+MIN_SCORE.
+
+On the issue's shelf set (``benchmarks/detect.py`` since issue #10: 100 catalogue object
+images, 200 Corel scenes with 613 items pasted scaled, rotated, relit, half of them partly
+occluded, 72 of them twice in one scene, plus 50 scenes of non-catalogue objects) "keypoints"
+matching the whole catalogue at once has precision 1.000, recall 0.997 (every repeated item
+found), no false item in empty scenes, at 0.65 CPU-seconds per 1024x683 scene; the proposal
+sources find under 7% of these items at IoU >= 0.5 (their windows do not fit the pasted items).
+Through the 12-image shortlist instead, 0.79 of the items of 20 tuning scenes were found: the
+global descriptor of a crop often ranks a small pasted item below the background's look-alikes.
 
 Several sources can be combined (``proposals=("keypoints", "grid")``): confirmed boxes win, and
-a proposal box overlapping one of them is dropped. Limitations: one box per catalogue item per
-photo (a second copy of the same item is not reported), by every source.
+a proposal box overlapping one of them is dropped. Limitation: the proposal sources ("grid",
+"selective", "ssd", "yolo") give one box per catalogue item per photo; only "keypoints"
+reports a second copy of the same item.
 
 Example:
     >>> from lookalike import Collection
@@ -48,13 +75,14 @@ import functools
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from lookalike.detectors import ObjectDetector, detector_for
 from lookalike.images import ImageError, decode
 from lookalike.verify import Features, Verification, extract, verify
 
@@ -62,7 +90,7 @@ if TYPE_CHECKING:
     from lookalike.collection import Collection, SearchResult
 
 Box = tuple[int, int, int, int]
-SOURCES = ("keypoints", "grid", "selective")
+SOURCES = ("keypoints", "grid", "selective", "ssd", "yolo")
 DEFAULT_PROPOSALS = "keypoints"
 #: Catalogue images looked for by the keypoint matcher per photo (source "keypoints").
 CANDIDATES = 12
@@ -82,6 +110,15 @@ PHOTO_SIDE = 1600
 PHOTO_FEATURES = 10_000
 #: Proposal boxes embedded per photo at most (selective search gives thousands).
 MAX_PROPOSALS = 150
+#: Keypoint inliers a find by the joint catalogue matcher needs (source "keypoints" in
+#: collections of at most detect_video.MATCH_ALL_LIMIT images, and video): chosen on the
+#: tuning half of benchmarks/detect.py's shelf scenes (the best recall at precision >= 0.95
+#: and <= 0.05 false items per empty scene: recall 0.996 at 8, 0.992 at 10-15, 0.949 at 30,
+#: no false item at any of them). Larger collections go through ``verify``, whose own
+#: threshold (verify.MIN_INLIERS, 15) is kept: its counts reach 9 between unrelated images.
+MIN_INLIERS = 8
+#: Copies of one catalogue item looked for in one photo.
+MAX_COPIES = 5
 
 
 @dataclass
@@ -91,10 +128,12 @@ class Detection:
     Attributes:
         box: (x0, y0, x1, y1) in the photo's upright pixels.
         matches: the best catalogue matches of the box, best first (``SearchResult``).
-        source: which proposal source gave the box ("keypoints", "grid", "selective").
+        source: which proposal source gave the box ("keypoints", "grid", "selective", "ssd",
+            "yolo").
         verified: the first match was confirmed by keypoints inside the box.
         inliers: keypoint matches consistent with the homography (0 when none was found).
         homography: 3x3, the first match's pixels to photo pixels; None when not verified.
+        label: the object detector's class name (sources "ssd" and "yolo"), else None.
     """
 
     box: Box
@@ -103,6 +142,7 @@ class Detection:
     verified: bool = False
     inliers: int = 0
     homography: np.ndarray | None = field(default=None, repr=False)
+    label: str | None = None
 
     @property
     def best(self) -> SearchResult:
@@ -122,6 +162,7 @@ class Detection:
             "verified": self.verified,
             "inliers": self.inliers,
             "homography": None if self.homography is None else self.homography.tolist(),
+            "label": self.label,
             "matches": [
                 {"id": m.id, "path": m.path, "score": round(m.score, 4)} for m in self.matches
             ],
@@ -264,12 +305,20 @@ def detect(
     min_score: float = MIN_SCORE,
     proposals: str | Sequence[str] = DEFAULT_PROPOSALS,
     candidates: int = CANDIDATES,
+    min_inliers: int | None = None,
+    max_copies: int = MAX_COPIES,
+    detector: str | Path | ObjectDetector | None = None,
+    labels: Sequence[str] | str | Path | None = None,
+    detector_threshold: float | None = None,
 ) -> list[Detection]:
     """The catalogue items found in ``image``, keypoint-confirmed ones first, then by score.
 
     ``proposals`` names where boxes come from (see the module docstring): "keypoints"
     (default), "grid", "selective", or several of them. ``min_score`` drops proposal boxes whose
     best match scores lower (not used by "keypoints", whose threshold is the matcher's).
+    "ssd" boxes come from the Objectron SSD, "yolo" boxes from ``detector`` (a YOLO ``.onnx``
+    and its ``labels``; see ``lookalike.detectors``); ``detector_threshold`` is their lowest
+    detector score.
 
     Example:
         >>> found = detect(col, "shelf.jpg", k=3)  # doctest: +SKIP
@@ -285,10 +334,17 @@ def detect(
     if "keypoints" in sources:
         # Once per photo, reused for every candidate.
         features = extract(photo, max_side=PHOTO_SIDE, max_features=PHOTO_FEATURES)
-        found += _localise(collection, photo, features, k, candidates)
+        found += _localise(collection, photo, features, k, candidates, min_inliers, max_copies)
     for source in (s for s in sources if s != "keypoints"):
-        boxes = grid_boxes(photo.size) if source == "grid" else selective_search_boxes(photo)
+        names: dict[Box, str] = {}
+        if source in ("ssd", "yolo"):
+            found_objects = detector_for(source, detector, labels, detector_threshold).detect(photo)
+            names = {o.box: o.label for o in found_objects}
+            boxes = list(names)
+        else:
+            boxes = grid_boxes(photo.size) if source == "grid" else selective_search_boxes(photo)
         for detection in _from_proposals(collection, photo, boxes, source, k, min_score):
+            detection.label = names.get(detection.box)
             # A confirmed box already covers this item; proposals only add what it missed.
             if all(iou(detection.box, d.box) <= NMS_IOU for d in found):
                 found.append(detection)
@@ -297,9 +353,38 @@ def detect(
 
 
 def _localise(
-    col: Collection, photo: Image.Image, features: Features, k: int, candidates: int
+    col: Collection,
+    photo: Image.Image,
+    features: Features,
+    k: int,
+    candidates: int,
+    min_inliers: int | None = None,
+    max_copies: int = MAX_COPIES,
 ) -> list[Detection]:
-    """Source "keypoints": look for the most likely catalogue images inside the photo."""
+    """Source "keypoints": look for the catalogue images inside the photo: all of them at once
+    in a small collection (``detect_video.CatalogueMatcher``), else the most likely ones."""
+    from lookalike.detect_video import MATCH_ALL_LIMIT, match_catalogue
+    from lookalike.verify import MIN_INLIERS as PAIR_MIN_INLIERS
+
+    if len(col) <= MATCH_ALL_LIMIT:
+        least = MIN_INLIERS if min_inliers is None else min_inliers
+        confirmed = match_catalogue(col, features, min_inliers=least, max_copies=max_copies)
+    else:
+        least = PAIR_MIN_INLIERS if min_inliers is None else min_inliers
+        confirmed = _shortlisted(col, photo, features, candidates, least, max_copies)
+    return _described(col, photo, confirmed, k)
+
+
+def _shortlisted(
+    col: Collection,
+    photo: Image.Image,
+    features: Features,
+    candidates: int,
+    min_inliers: int,
+    max_copies: int,
+) -> list[tuple[SearchResult, Verification]]:
+    """The shortlist's catalogue images confirmed in the photo by ``verify``; each found copy's
+    photo keypoints are masked and the image looked for again (at most ``max_copies``)."""
     # The whole photo finds large items, two grids of crops the smaller ones. Candidates are
     # ordered by their best rank in any crop, then score: an item is usually first in a crop
     # holding it, while its global score may trail a background's (12 Corel scenes, 31 items:
@@ -320,12 +405,30 @@ def _localise(
         candidate = _features_of(hit.paths or (hit.path,))
         if candidate is None:
             continue
-        outcome = verify(candidate, features)
-        if outcome.verified:
+        left = features
+        for _ in range(max_copies):
+            outcome = verify(candidate, left, min_inliers=min_inliers)
+            if not outcome.verified:
+                break
             confirmed.append((hit, outcome))
+            x0, y0, x1, y1 = outcome.region
+            xs, ys = left.keypoints[:, 0], left.keypoints[:, 1]
+            outside = (xs < x0) | (xs > x1) | (ys < y0) | (ys > y1)
+            points = left.keypoints
+            left = replace(left, keypoints=points[outside], descriptors=left.descriptors[outside])
     # Two catalogue images confirmed at one place (near-duplicates): keep the most inliers.
     keep = nms([o.region for _, o in confirmed], [o.inliers for _, o in confirmed], 0.5)
-    confirmed = [confirmed[i] for i in keep]
+    return [confirmed[i] for i in keep]
+
+
+def _described(
+    col: Collection,
+    photo: Image.Image,
+    confirmed: list[tuple[SearchResult, Verification]],
+    k: int,
+) -> list[Detection]:
+    """Detections of keypoint-confirmed items: each box embedded and searched for its
+    catalogue matches, the confirmed image first (re-scored against the box)."""
     if not confirmed:
         return []
     boxes = [o.region for _, o in confirmed]
@@ -460,6 +563,7 @@ def draw_detections(
         colour = GOOD if d.verified else (230, 140, 20)
         draw.rectangle(d.box, outline=colour, width=width)
         label = f"{Path(d.best.path).name} {d.score:.2f}" + (f" ({d.inliers})" if d.inliers else "")
+        label = f"{d.label}: {label}" if d.label else label  # the detector's class, if any
         x, y = d.box[0], max(0, d.box[1] - text_size - 6)
         draw.rectangle(draw.textbbox((x, y), label, font=font, anchor="lt"), fill=colour)
         draw.text((x, y), label, fill="white", font=font, anchor="lt")
