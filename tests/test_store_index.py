@@ -55,12 +55,18 @@ def test_catalogue_rejects_a_newer_schema(tmp_path) -> None:
         SQLiteCatalogue(path)
 
 
-def test_flat_index_exact_search_remove_and_save(tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["flat", "milvus"])
+def test_flat_index_exact_search_remove_and_save(kind: str, tmp_path) -> None:
+    options = {}
+    if kind == "milvus":  # Milvus Lite's exact FLAT index: the same answers as FAISS's
+        pytest.importorskip("pymilvus")
+        pytest.importorskip("milvus_lite")
+        options = {"uri": str(tmp_path / "vectors.db"), "index_type": "FLAT"}
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(200, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1000, 1200)
-    index = create_index("flat", 16)
+    index = create_index(kind, 16, **options)
     index.add(ids, vectors)
     scores, found = index.search(vectors[:5], k=3)
     assert found[:, 0].tolist() == ids[:5].tolist()
@@ -76,7 +82,7 @@ def test_flat_index_exact_search_remove_and_save(tmp_path) -> None:
     assert len(index) == 195
 
     index.save(tmp_path / "i.faiss")
-    again = load_index("flat", tmp_path / "i.faiss")
+    again = load_index(kind, tmp_path / "i.faiss")
     assert len(again) == 195
     assert again.search(vectors[9:10], 1)[1][0, 0] == ids[9]
     assert not list(tmp_path.glob("*.tmp"))

@@ -69,8 +69,9 @@ def kinds() -> list[str]:
 
 
 def create_index(kind: str, dim: int, **options: object) -> VectorIndex:
-    """A new, empty index of ``kind``."""
+    """A new, empty index of ``kind`` (``"milvus:URI"``: the kind ``milvus`` at ``URI``)."""
     _import_builtin()
+    kind, options = _split_target(kind, options)
     if kind not in _FACTORIES:
         raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
     return _FACTORIES[kind](dim=dim, **options)
@@ -79,10 +80,25 @@ def create_index(kind: str, dim: int, **options: object) -> VectorIndex:
 def load_index(kind: str, path: Path) -> VectorIndex:
     """Read an index of ``kind`` written by its ``save``."""
     _import_builtin()
+    kind = _split_target(kind, {})[0]  # where it lives is in what ``save`` wrote
     if kind not in _LOADERS:
         raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
     return _LOADERS[kind](path)
 
 
+def _split_target(kind: str, options: dict) -> tuple[str, dict]:
+    """``"milvus:http://host:19530"`` -> ``("milvus", {"uri": "http://host:19530"})``: a kind
+    that lives outside the collection folder names where after a colon."""
+    name, colon, target = kind.partition(":")
+    if colon and name in _TARGETED:
+        return name, {**options, "uri": target}
+    return kind, options
+
+
+#: Kinds written ``kind:URI``; they take ``uri`` (and ``path``, where they will be saved).
+_TARGETED = {"milvus"}
+
+
 def _import_builtin() -> None:
-    from lookalike.index import ann, auto, faiss_index  # noqa: F401
+    # milvus imports pymilvus only when a milvus index is used
+    from lookalike.index import ann, auto, faiss_index, milvus  # noqa: F401
