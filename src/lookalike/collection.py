@@ -842,12 +842,15 @@ class Collection:
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = self.project(vectors, space)
         expanded = []
-        for query, row_ids, row_scores in zip(queries, ids, scores, strict=True):
-            found = row_ids[:top] >= 0
-            stored = self.catalogue.vectors(space, row_ids[:top][found].tolist())
-            neighbours = self.project(stored, space)
-            sims = row_scores[:top][found][None]
-            expanded.append(query_expansion(query[None], neighbours, sims, top=len(neighbours))[0])
+        with _single_thread_blas(True):  # tiny products per query: a woken pool only costs
+            for query, row_ids, row_scores in zip(queries, ids, scores, strict=True):
+                found = row_ids[:top] >= 0
+                stored = self.catalogue.vectors(space, row_ids[:top][found].tolist())
+                neighbours = self.project(stored, space)
+                sims = row_scores[:top][found][None]
+                expanded.append(
+                    query_expansion(query[None], neighbours, sims, top=len(neighbours))[0]
+                )
         inner = index.inner if isinstance(index, ProjectedIndex) else index
         return inner.search(np.stack(expanded), k)
 
