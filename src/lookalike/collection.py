@@ -40,6 +40,7 @@ from lookalike import ingest, sources
 from lookalike.descriptors import Whitening, l2n, query_expansion
 from lookalike.images import decode
 from lookalike.index import VectorIndex, VectorIndexError, create_index, load_index
+from lookalike.index.faiss_compat import keep_search_params
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.models import Embedder, load_embedder
 from lookalike.store import (
@@ -818,6 +819,7 @@ class Collection:
         if len(index) == 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         expand = self.spaces()[space].get("expand", 0) if expand is None else expand
+        keep_search_params()  # pytorch-metric-learning's FAISS patch drops params= (ann kinds)
         with _single_thread_blas(len(vectors) <= 16):
             scores, ids = index.search(vectors, max(k, expand))
             if expand:

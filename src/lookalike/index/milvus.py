@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.index.base import VectorIndexError, register
+from lookalike.index.faiss_compat import keep_search_params
 
 KIND = "milvus"
 POINTER_FORMAT = "lookalike-milvus-index"
@@ -277,6 +278,7 @@ class MilvusIndex:
         ids = np.full((len(queries), k), -1, np.int64)
         if len(queries) == 0 or len(self) == 0:
             return scores, ids
+        keep_search_params()  # Milvus Lite searches with FAISS, passing params=
         params = {
             "HNSW": {"ef": max(self.ef_search, k)},
             "IVF_FLAT": {"nprobe": self.nprobe},
