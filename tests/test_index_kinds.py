@@ -4,6 +4,10 @@ collection built with ``index="hnsw"``."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +24,30 @@ DIM = 32
 OPTIONS = {
     "flat": {},
     "hnsw": {},
+    "ivf": {"min_train": 1000},
     "ivf-pq": {"min_train": 1000, "code_bytes": 8},
     "lsh": {"bits": 128},
     "auto": {},
 }
+# Milvus Lite in a file of a temporary folder, when pymilvus and milvus-lite are installed (the
+# dev extra); tests/test_milvus.py covers what is particular to it, a server URI included.
+_MILVUS_DIR = Path(tempfile.mkdtemp(prefix="lookalike-milvus-"))
+OPTIONS["milvus"] = {"uri": str(_MILVUS_DIR / "kinds.db")}
+HAS_MILVUS = all(importlib.util.find_spec(name) for name in ("pymilvus", "milvus_lite"))
 KINDS = list(OPTIONS)
+
+
+@pytest.fixture(autouse=True)
+def _milvus_installed(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("kind") == "milvus" and not HAS_MILVUS:
+        pytest.skip("pymilvus and milvus-lite are not installed: pip install 'lookalike[milvus]'")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _milvus_folder() -> Iterator[None]:
+    yield
+    shutil.rmtree(_MILVUS_DIR, ignore_errors=True)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -119,7 +142,7 @@ def test_empty_and_small(kind: str, tmp_path: Path) -> None:
     assert load_index(kind, tmp_path / "small.faiss").search(queries[1:2], 1)[1][0, 0] == 43
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf-pq", "lsh"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-pq", "lsh"])
 def test_tombstones_are_compacted(kind: str, data: dict) -> None:
     index = _filled(kind, data)
     index.search(data["queries"][:1], 1)
@@ -173,7 +196,9 @@ def test_lsh_bit_counts_without_reranking(bits: int, data: dict) -> None:
 
 def test_auto_chooses_by_size_and_budget(data: dict, monkeypatch, tmp_path) -> None:
     assert auto_module.choose_kind(1000, 256, memory_budget=2**30) == "flat"
-    assert auto_module.choose_kind(200_000, 256, memory_budget=2**30) == "hnsw"
+    assert auto_module.choose_kind(20_000, 256, memory_budget=2**30) == "hnsw"
+    assert auto_module.choose_kind(1_000_000, 256, memory_budget=2**30) == "ivf"
+    assert auto_module.choose_kind(1_000_000, 256, memory_budget=2**27) == "ivf-pq"
     assert auto_module.choose_kind(10_000_000, 256, memory_budget=2**30) == "ivf-pq"
     monkeypatch.setenv("LOOKALIKE_INDEX_MEMORY", "512M")
     assert auto_module.default_memory_budget() == 512 * 2**20
@@ -190,8 +215,16 @@ def test_auto_chooses_by_size_and_budget(data: dict, monkeypatch, tmp_path) -> N
     index.save(tmp_path / "a.faiss")
     assert load_index("auto", tmp_path / "a.faiss").params["kind"] == "hnsw"
 
+    # Past IVF_MIN it moves to trained inverted lists, which tune themselves as well.
+    monkeypatch.setattr(auto_module, "IVF_MIN", 2000)
+    index = create_index("auto", DIM, min_train=1000)
+    index.add(data["ids"], data["vectors"])
+    _, ids = index.search(data["queries"], 10)
+    assert index.params["kind"] == "ivf" and "nprobe" in index.params
+    assert recall_at(ids, _truth(data)) >= 0.9
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf-pq", "lsh", "auto"])
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-pq", "lsh", "auto"])
 def test_kinds_work_inside_a_projected_index(kind: str, data: dict) -> None:
     rng = np.random.default_rng(3)
     wide = _unit(np.hstack([data["vectors"], 0.1 * rng.normal(size=(3000, 32))]))
@@ -219,3 +252,111 @@ def test_collection_with_an_hnsw_index(photo_dir: Path, tmp_path: Path, embedder
         assert col.search(photo_dir / "rocket.jpg", k=1)[0].path.endswith("rocket.jpg")
         col.remove([photo_dir / "rocket.jpg"])
         assert all(not h.path.endswith("rocket.jpg") for h in col.search(photo_dir / "rocket.jpg"))
+
+
+@pytest.mark.parametrize("codec", ["sq8", "fp16", "flat"])
+def test_ivf_codecs_and_memory_mapped_lists(codec: str, data: dict, tmp_path: Path) -> None:
+    import faiss
+
+    index = create_index("ivf", DIM, min_train=1000, codec=codec)
+    index.add(data["ids"], data["vectors"])
+    scores, ids = index.search(data["queries"], 10)
+    assert index.structure.code_size == {"sq8": 1, "fp16": 2, "flat": 4}[codec] * DIM
+    assert recall_at(ids, _truth(data)) >= 0.9
+    rows = (ids - 1000) // 7  # scores are exact inner products whatever the codec
+    assert np.allclose(scores, np.einsum("qkd,qd->qk", data["vectors"][rows], data["queries"]))
+    index.save(tmp_path / "i.faiss")
+    loaded = load_index("ivf", tmp_path / "i.faiss")
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.structure).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)
+    assert np.array_equal(loaded.search(data["queries"], 10)[1], ids)
+    with pytest.raises(Exception, match="codec"):
+        create_index("ivf", DIM, codec="pq4")
+
+
+def _drifted(count: int, seed: int) -> np.ndarray:
+    """Queries between two of the data's clusters, far from both: harder than the data."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, DIM))  # the clusters of the ``data`` fixture
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, 40, size=(count, 2))
+    return _unit(centres[pairs[:, 0]] + centres[pairs[:, 1]] + 1.5 * rng.normal(size=(count, DIM)))
+
+
+def _search(index: object, queries: np.ndarray) -> np.ndarray:
+    """Search, then let a re-tuning the search started in the background finish."""
+    ids = index.search(queries, 10)[1]
+    index.wait_for_tuning()
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf-pq", "lsh"])
+def test_self_tuning_follows_the_queries(kind: str, data: dict, tmp_path: Path) -> None:
+    index = create_index(kind, DIM, retune_queries=200, retune_budget=1e9, **OPTIONS[kind])
+    index.add(data["ids"], data["vectors"])
+    _search(index, data["queries"][:1])
+    assert index.params["tuned_on"] == "300 held-out"
+    built = dict(index.params)
+
+    def recall(queries: np.ndarray) -> float:
+        truth = data["ids"][exact_search(data["vectors"], queries, 10)[1]]
+        return recall_at(_search(index, queries), truth)
+
+    # A forced drift: the queries move away from the data; the build-time parameters miss
+    # the target on them, and once 200 of them have come the index re-tunes on what it saw,
+    # in a background thread.
+    assert recall(_drifted(100, seed=10)) < index.target_recall
+    before = index.search(_drifted(100, seed=11), 10)
+    assert index._tuner is not None  # started by that search, which did not wait for it
+    index.wait_for_tuning()
+    assert index.params["tuned_on"] == "201 queries"  # re-tuned on the reservoir
+    drifted = dict(index.params)
+    assert drifted != built and _cost(drifted) > _cost(built)
+    assert recall(_drifted(200, seed=12)) >= index.target_recall - 0.02
+    truth = data["ids"][exact_search(data["vectors"], _drifted(100, seed=11), 10)[1]]
+    assert recall(_drifted(100, seed=11)) > recall_at(before[1], truth)
+
+    # Back to easy queries (the stored vectors themselves): cheaper parameters again.
+    for start in range(0, 1200, 100):  # enough to wash the drifted ones out of the reservoir
+        _search(index, data["vectors"][start : start + 100])
+    assert _cost(index.params) < _cost(drifted)
+
+    # The reservoir and the parameters survive saving and loading.
+    index.save(tmp_path / "i.faiss")
+    again = load_index(kind, tmp_path / "i.faiss")
+    assert again.params == index.params
+    assert np.array_equal(again.reservoir(), index.reservoir())
+
+
+def _cost(params: dict) -> tuple:
+    return (params.get("nprobe", 0), params.get("rerank", 0), params.get("ef_search", 0))
+
+
+def test_self_tuning_is_bounded_by_its_time_budget(data: dict) -> None:
+    index = create_index("ivf", DIM, min_train=1000, retune_queries=10, retune_budget=1e-9)
+    index.add(data["ids"], data["vectors"])
+    _search(index, data["queries"][:1])
+    assert index.params["tuned_on"] == "300 held-out"
+    # The first tuning on real queries comes early, whatever it costs ...
+    _search(index, _drifted(100, seed=13))
+    assert index.params["tuned_on"] == "101 queries"
+    tuned = dict(index.params)
+    # ... later ones only once searching has taken 1 / retune_budget times what it cost.
+    for start in range(0, 1000, 50):  # easy queries, but far too little search time
+        _search(index, data["vectors"][start : start + 50])
+    assert index.params == tuned
+    assert len(index.reservoir()) == 256  # a uniform sample of the last queries, at most 256
+    index.retune_budget = 1e9
+    _search(index, data["vectors"][:1])
+    assert index.params["tuned_on"] == "256 queries" and _cost(index.params) < _cost(tuned)
+
+
+def test_a_tuning_overtaken_by_changes_is_dropped(data: dict) -> None:
+    index = create_index("ivf", DIM, min_train=1000)
+    index.add(data["ids"], data["vectors"])
+    _search(index, data["queries"][:1])
+    built = dict(index.params)
+    index._tune(_drifted(100, seed=15), version=index._version - 1)  # stale
+    assert index.params == built
+    index._tune(_drifted(100, seed=15), version=index._version)
+    assert index.params != built

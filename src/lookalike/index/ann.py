@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour index kinds: ``hnsw``, ``ivf-pq`` and ``lsh``.
+"""Approximate nearest-neighbour index kinds: ``ivf``, ``hnsw``, ``ivf-pq`` and ``lsh``.
 
 They share one design (:class:`AnnIndex`):
 
@@ -16,6 +16,16 @@ They share one design (:class:`AnnIndex`):
   ``nprobe`` and the number of re-ranked candidates) are chosen as the cheapest that reach
   ``target_recall`` recall@10 on held-out vectors: a sample of stored vectors used as queries,
   against exact neighbours among the others.
+- **Self-tuning on real queries.** Held-out stored vectors are easier queries than new images
+  (on the 1M benchmark the build-time choice reaches recall 0.71, not 0.95), so every search
+  offers its query vectors to a small reservoir (a uniform sample of the queries since the last
+  tuning, ``reservoir`` = 256 of them). As soon as it is full the parameters are chosen again
+  on it against exact search; after that, once ``retune_queries`` queries have arrived *and*
+  the time spent searching since the last tuning is at least ``1 / retune_budget`` times what
+  that tuning cost: the parameters follow the queries (and the data) as they drift, and
+  self-tuning costs at most ``retune_budget`` (5%) of the search time. It runs in a background
+  thread (changes to the index wait for it); the reservoir and the parameters are saved with
+  the index.
 
 Example:
     >>> index = create_index("hnsw", dim=8)
@@ -28,7 +38,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -47,8 +61,24 @@ TUNE_QUERIES = 300
 TUNE_NOISE = 1.0
 #: Below this many vectors there is nothing meaningful to tune on.
 TUNE_MIN = 1000
+#: Query vectors kept for self-tuning (a uniform sample of those since the last tuning).
+RESERVOIR = 256
+#: Re-tune on real queries after at least this many of them since the last tuning ...
+RETUNE_QUERIES = 1000
+#: ... and once searching has taken 1 / RETUNE_BUDGET times what the last tuning took.
+RETUNE_BUDGET = 0.05
+#: Fewest reservoir queries worth tuning on (below, held-out vectors are used instead).
+RESERVOIR_MIN = 64
 
-__all__ = ["AnnIndex", "HnswIndex", "IvfPqIndex", "LshIndex", "exact_search", "meta_file"]
+__all__ = [
+    "AnnIndex",
+    "HnswIndex",
+    "IvfIndex",
+    "IvfPqIndex",
+    "LshIndex",
+    "exact_search",
+    "meta_file",
+]
 
 
 def meta_file(index_file: Path) -> Path:
@@ -62,29 +92,40 @@ def vectors_file(index_file: Path) -> Path:
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65_536
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    block: int = 65_536,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows of ``vectors`` by inner product with each query: (scores, rows).
 
-    Works through ``vectors`` in blocks, so a memory-mapped matrix is read once.
+    Works through ``vectors`` in blocks, so a memory-mapped matrix is read once. ``rows``
+    restricts the search to those rows (and is gathered block by block, never copied whole).
 
     Example:
         >>> exact_search(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[:1], 1)[1]
         array([[0]])
     """
     queries = np.ascontiguousarray(queries, np.float32)
-    k = min(k, len(vectors))
+    total = len(vectors) if rows is None else len(rows)
+    k = min(k, total)
     best_scores = np.full((len(queries), k), -np.inf, np.float32)
     best_rows = np.full((len(queries), k), -1, np.int64)
-    for start in range(0, len(vectors), block):
-        chunk = np.asarray(vectors[start : start + block], np.float32)
+    for start in range(0, total, block):
+        if rows is None:
+            chunk = np.asarray(vectors[start : start + block], np.float32)
+            numbers = np.arange(start, start + len(chunk))
+        else:
+            numbers = rows[start : start + block]
+            chunk = np.asarray(vectors[numbers], np.float32)
         scores = queries @ chunk.T
-        rows = np.broadcast_to(np.arange(start, start + len(chunk)), scores.shape)
+        found = np.broadcast_to(numbers, scores.shape)
         scores = np.concatenate([best_scores, scores], axis=1)
-        rows = np.concatenate([best_rows, rows], axis=1)
+        found = np.concatenate([best_rows, found], axis=1)
         top = _top_k(scores, k)
         best_scores = np.take_along_axis(scores, top, 1)
-        best_rows = np.take_along_axis(rows, top, 1)
+        best_rows = np.take_along_axis(found, top, 1)
     return best_scores, best_rows
 
 
@@ -148,6 +189,20 @@ class AnnIndex:
         self._source: Path | None = None  # file a memory-mapped structure was read from
         self._version = 0  # bumped when the structure or the stored vectors change
         self._saved: tuple[str, int] | None = None  # (file, version) last written or read
+        # Self-tuning on real queries (module docstring).
+        self.reservoir_size = int(options.get("reservoir", RESERVOIR))
+        self.retune_queries = int(options.get("retune_queries", RETUNE_QUERIES))
+        self.retune_budget = float(options.get("retune_budget", RETUNE_BUDGET))
+        self._reservoir = np.zeros((self.reservoir_size, self.dim), np.float32)
+        self._seen = 0  # queries offered to the reservoir since the last tuning
+        self._kept = 0  # reservoir rows in use
+        self._search_seconds = 0.0  # spent searching since the last tuning
+        self._tune_seconds = 0.0  # what the last tuning cost
+        self._tuning = threading.Lock()
+        self._tuner: threading.Thread | None = None
+        self._rng = np.random.default_rng(0)
+        self._random = random.Random(0)
+        self._parameters: tuple[tuple, faiss.SearchParameters] | None = None
 
     # -- the VectorIndex protocol ---------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -155,6 +210,7 @@ class AnnIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0:
             return
+        self.wait_for_tuning()  # a background tuning must not search a structure changing
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         if ids.min() <= self._max_id:  # catalogue ids only grow, so this is usually skipped
             self.remove(ids)
@@ -174,6 +230,7 @@ class AnnIndex:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0 or self._ids.size == 0:
             return
+        self.wait_for_tuning()
         hit = np.flatnonzero(np.isin(self._ids.view(), ids) & self._alive.view())
         if len(hit):
             self._alive.data[hit] = False
@@ -190,12 +247,85 @@ class AnnIndex:
                 np.full((len(queries), k), -np.inf, np.float32),
                 np.full((len(queries), k), -1, np.int64),
             )
+        start = time.perf_counter()
         if self.structure is None:
             scores, positions = self._exact(queries, k)
         else:
             scores, positions = self._search(queries, k)
         ids = np.where(positions >= 0, self._ids.data[np.maximum(positions, 0)], -1)
+        self._search_seconds += time.perf_counter() - start
+        self.observe(queries)
+        if self.retune_due():
+            self.retune(wait=False)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+    # -- self-tuning on real queries ------------------------------------------------------
+    def observe(self, queries: np.ndarray) -> None:
+        """Offer query vectors to the reservoir (Algorithm R: a uniform sample of the queries
+        since the last tuning; the first ones after it overwrite the oldest rows)."""
+        queries = np.asarray(queries, np.float32).reshape(-1, self.dim)
+        size = self.reservoir_size
+        if size == 0 or len(queries) == 0:
+            return
+        if len(queries) == 1:  # the common case, without array overheads
+            slot = self._seen
+            if slot >= size:
+                slot = int(self._random.random() * (self._seen + 1))
+            if slot < size:
+                self._reservoir[slot] = queries[0]
+            self._seen += 1
+            self._kept = max(self._kept, min(self._seen, size))
+            return
+        seen = self._seen + 1 + np.arange(len(queries))
+        slots = np.where(seen <= size, seen - 1, self._rng.integers(0, seen))
+        keep = slots < size
+        self._reservoir[slots[keep]] = queries[keep]
+        self._seen += len(queries)
+        self._kept = max(self._kept, min(self._seen, size))
+
+    def reservoir(self) -> np.ndarray:
+        """The query vectors held for self-tuning."""
+        return self._reservoir[: self._kept].copy()
+
+    def retune_due(self) -> bool:
+        """Whether enough real queries, and enough search time to pay for it, have come
+        since the last tuning. The first tuning on real queries (after one on held-out
+        vectors) comes as soon as the reservoir is full, whatever it costs once."""
+        if self.structure is None or self._kept < RESERVOIR_MIN or len(self) < TUNE_MIN:
+            return False
+        if not str(self.params.get("tuned_on", "")).endswith(" queries"):
+            return self._seen >= min(self.retune_queries, self.reservoir_size)
+        return (
+            self._seen >= self.retune_queries
+            and self._search_seconds * self.retune_budget >= self._tune_seconds
+        )
+
+    def retune(self, wait: bool = True) -> None:
+        """Choose the search parameters again on the reservoir's queries, unless another
+        thread is already doing it. With ``wait=False`` (as searches do) it runs in a
+        background thread, and its result is dropped if the index changed meanwhile."""
+        if not self._tuning.acquire(blocking=False):
+            return
+        queries, version = self.reservoir(), self._version
+
+        def work() -> None:
+            try:
+                self._tune(queries, version=version)
+            finally:
+                self._tuning.release()
+
+        if wait:
+            work()
+        else:
+            self._tuner = threading.Thread(target=work, name="lookalike-retune", daemon=True)
+            self._tuner.start()
+
+    def wait_for_tuning(self) -> None:
+        """Return once a background re-tuning (if any) has finished."""
+        tuner = self._tuner
+        if tuner is not None:
+            tuner.join()
+            self._tuner = None
 
     def __len__(self) -> int:
         return self._ids.size - self._dead
@@ -221,6 +351,9 @@ class AnnIndex:
             "built": self.structure is not None,
             "built_at": self._built_at,
             "tuned_at": self._tuned_at,
+            "seen": self._seen,
+            "search_seconds": self._search_seconds,
+            "tune_seconds": self._tune_seconds,
             **self._extra_meta(),
         }
         _atomic(
@@ -230,6 +363,7 @@ class AnnIndex:
                 meta=np.array(json.dumps(meta)),
                 ids=self._ids.view(),
                 alive=self._alive.view(),
+                reservoir=self._reservoir[: self._kept],
                 **self._extra_arrays(),
             ),
             ".npz",
@@ -249,6 +383,12 @@ class AnnIndex:
         index = cls(meta["dim"], meta["target_recall"], **meta["options"])
         index.params = meta["params"]
         index._built_at, index._tuned_at = meta["built_at"], meta["tuned_at"]
+        index._seen = int(meta.get("seen", 0))
+        index._search_seconds = float(meta.get("search_seconds", 0.0))
+        index._tune_seconds = float(meta.get("tune_seconds", 0.0))
+        kept = arrays.pop("reservoir", np.zeros((0, index.dim), np.float32))[: index.reservoir_size]
+        index._reservoir[: len(kept)] = kept
+        index._kept = len(kept)
         index._ids = _Growable((), np.int64, arrays.pop("ids"))
         index._alive = _Growable((), np.bool_, arrays.pop("alive"))
         index._dead = int((~index._alive.view()).sum())
@@ -277,6 +417,7 @@ class AnnIndex:
 
     def _rebuild(self) -> None:
         """Drop dead positions and build the structure anew from the live vectors."""
+        self.wait_for_tuning()
         vectors = self.live_vectors()
         ids = self._ids.view()[self._alive.view()]
         self._ids = _Growable((), np.int64, ids.copy())
@@ -301,38 +442,53 @@ class AnnIndex:
         """The ids of the live positions, in the order of :meth:`live_vectors`."""
         return self._ids.view()[self._alive.view()].copy()
 
-    def _tune(self) -> None:
-        """Choose the cheapest search parameters that reach ``target_recall`` on held-out
-        queries, against their exact neighbours.
-
-        The queries are stored vectors moved away from themselves by a random offset as long
-        as the distance to their nearest other vector: a new image is about that far from the
-        collection, and a stored vector itself (with its near-duplicates) is an easier query
-        than a new one (docs/benchmarks.md, section ``ann``).
-        """
+    def _tune(self, queries: np.ndarray | None = None, version: int | None = None) -> None:
+        """Choose the cheapest search parameters that reach ``target_recall`` on ``queries``
+        (the reservoir of real ones when it holds enough, else held-out vectors), against
+        their exact neighbours. Nothing changes if the index is no longer at ``version``."""
+        start = time.perf_counter()
         alive = np.flatnonzero(self._alive.view())
+        if queries is None and self._kept >= RESERVOIR_MIN:
+            queries = self.reservoir()
+        source = "queries"
+        if queries is None or len(queries) == 0:
+            queries, source = self._held_out(alive), "held-out"
+        queries = np.ascontiguousarray(queries, np.float32)
+        truth = exact_search(self._matrix(), queries, TUNE_K, rows=alive)[1]
+        best = None
+        for params in self._candidates():
+            recall = recall_at(self._search(queries, TUNE_K, params)[1], truth)
+            best = (params, recall)
+            if recall >= self.target_recall:
+                break
+        assert best is not None
+        if version is not None and version != self._version:
+            return  # vectors were added or the structure rebuilt meanwhile: tune again later
+        self.params = {
+            **best[0],
+            "tuned_recall": round(best[1], 4),
+            "tuned_on": f"{len(queries)} {source}",
+        }
+        self._tuned_at = len(alive)
+        self._seen = 0
+        self._search_seconds = 0.0
+        self._tune_seconds = time.perf_counter() - start
+
+    def _held_out(self, alive: np.ndarray) -> np.ndarray:
+        """Queries made from stored vectors, moved away from themselves by a random offset as
+        long as the distance to their nearest other vector: a new image is about that far from
+        the collection, and a stored vector itself (with its near-duplicates) is an easier
+        query than a new one (docs/benchmarks.md, section ``ann``)."""
         rng = np.random.default_rng(len(alive))
         held = np.sort(rng.choice(alive, size=min(TUNE_QUERIES, len(alive)), replace=False))
-        live = self.live_vectors()
         stored = np.asarray(self._vectors(held), np.float32)
-        nearest = exact_search(live, stored, 2)[0][:, 1]  # [:, 0] is the vector itself
+        nearest = exact_search(self._matrix(), stored, 2, rows=alive)[0][:, 1]  # [:, 0]: itself
         distance = np.sqrt(np.maximum(2 - 2 * nearest, 0))[:, None]
         # Offsets along other stored vectors keep the queries in the data's own subspace
         # (isotropic noise would be nearly orthogonal to it and change no ranking).
         offset = np.asarray(self._vectors(rng.choice(alive, size=len(held))), np.float32)
         queries = stored + TUNE_NOISE * distance * offset
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        truth = alive[exact_search(live, queries, TUNE_K)[1]]
-        best = None
-        for params in self._candidates():
-            self.params = params
-            recall = recall_at(self._search(queries, TUNE_K)[1], truth)
-            best = (params, recall)
-            if recall >= self.target_recall:
-                break
-        assert best is not None
-        self.params = {**best[0], "tuned_recall": round(best[1], 4)}
-        self._tuned_at = len(alive)
+        return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
     def _selector(self) -> faiss.IDSelector | None:
         """A bitmap of live positions when some are dead (None when all are live)."""
@@ -343,15 +499,44 @@ class AnnIndex:
             self._bitmap = (bits, faiss.IDSelectorBitmap(self._ids.size, faiss.swig_ptr(bits)))
         return self._bitmap[1]
 
+    def _search_parameters(self, kind: type, **values: int) -> faiss.SearchParameters:
+        """A FAISS search-parameters object with these values and the live-positions selector,
+        reused while neither changes (making one costs several microseconds a query)."""
+        selector = self._selector()
+        key = (kind, tuple(sorted(values.items())), selector)
+        cached = self._parameters
+        if (
+            cached is not None
+            and cached[0][0] is kind
+            and cached[0][1] == key[1]
+            and cached[0][2] is selector
+        ):
+            return cached[1]
+        search = kind()
+        for name, value in values.items():
+            setattr(search, name, value)
+        if selector is not None:
+            search.sel = selector
+        self._parameters = (key, search)  # the key holds the selector, which must stay alive
+        return search
+
     def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         alive = np.flatnonzero(self._alive.view())
-        scores, rows = exact_search(self._vectors(alive), queries, k)
-        return scores, np.where(rows >= 0, alive[np.maximum(rows, 0)], -1)
+        return exact_search(self._matrix(), queries, k, rows=alive)
 
     def _rerank(
         self, queries: np.ndarray, candidates: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products with the candidate positions' stored vectors; the top ``k``."""
+        if len(queries) == 1:  # one query: no de-duplication or batching needed
+            row = candidates[0][candidates[0] >= 0]
+            scores = np.asarray(self._vectors(row), np.float32) @ queries[0]
+            top = np.argsort(-scores, kind="stable")[:k]
+            out_scores = np.full((1, k), -np.inf, np.float32)
+            out_positions = np.full((1, k), -1, np.int64)
+            out_scores[0, : len(top)] = scores[top]
+            out_positions[0, : len(top)] = row[top]
+            return out_scores, out_positions
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_positions = np.full((len(queries), k), -1, np.int64)
         for start in range(0, len(queries), 256):  # bounds the gathered block's memory
@@ -376,7 +561,11 @@ class AnnIndex:
             self._source = None
 
     def _vectors(self, positions: np.ndarray) -> np.ndarray:
-        return self._store.data[positions]
+        return self._matrix()[positions]
+
+    def _matrix(self) -> np.ndarray:
+        """Every position's vector (dead ones included), possibly memory-mapped."""
+        return self._store.view()
 
     # -- what each kind provides ---------------------------------------------------------
     def _build(self, vectors: np.ndarray) -> faiss.Index:
@@ -385,8 +574,10 @@ class AnnIndex:
     def _append(self, vectors: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions) from the structure with the current ``params``."""
+    def _search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) from the structure with ``params`` (else the current ones)."""
         raise NotImplementedError
 
     def _candidates(self) -> list[dict]:
@@ -410,9 +601,10 @@ class AnnIndex:
 
 
 class HnswIndex(AnnIndex):
-    """``hnsw``: FAISS HNSWFlat by inner product. Fast and accurate, ~1.3 KB per 256-d vector.
+    """``hnsw``: FAISS HNSWFlat by inner product. ~1.3 KB per 256-d vector.
 
     The graph holds the vectors itself, so there is no second copy; deletion is by tombstones.
+    Needs no training, so it is the approximate kind for collections that are still small.
     """
 
     kind = "hnsw"
@@ -435,21 +627,21 @@ class HnswIndex(AnnIndex):
     def _append(self, vectors: np.ndarray) -> None:
         self.structure.add(vectors)
 
-    def _vectors(self, positions: np.ndarray) -> np.ndarray:
+    def _matrix(self) -> np.ndarray:
         storage = faiss.downcast_index(self.structure.storage)
         flat = faiss.rev_swig_ptr(storage.get_xb(), self.structure.ntotal * self.dim)
-        return flat.reshape(-1, self.dim)[positions]
+        return flat.reshape(-1, self.dim)
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = max(int(self.params["ef_search"]), k)
-        selector = self._selector()
-        if selector is not None:
-            params.sel = selector
-        return self.structure.search(queries, k, params=params)
+    def _search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ef = max(int((params or self.params)["ef_search"]), k)
+        search = self._search_parameters(faiss.SearchParametersHNSW, efSearch=ef)
+        return self.structure.search(queries, k, params=search)
 
     def _candidates(self) -> list[dict]:
-        return [{"ef_search": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]
+        efs = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+        return [{"ef_search": ef} for ef in efs]
 
     def maintain(self) -> None:
         """A graph grows without re-training: compact when too many tombstones, re-tune when
@@ -461,80 +653,78 @@ class HnswIndex(AnnIndex):
             self._tune()
 
 
-class IvfPqIndex(AnnIndex):
-    """``ivf-pq``: inverted lists of product-quantised codes, then exact re-ranking.
+class _IvfBase(AnnIndex):
+    """Inverted lists over a k-means coarse quantizer, then exact re-ranking of the best
+    candidates from the stored vectors (the shared part of ``ivf`` and ``ivf-pq``).
 
-    Memory per vector: the code (``code_bytes``, 32 by default) plus its id in the lists (8)
-    and the position map (9). The full vectors, used to re-rank the top candidates exactly, are
-    kept in a ``.vectors.npy`` file and memory-mapped, as are the inverted lists once saved
-    (``faiss.IO_FLAG_MMAP``): a collection bigger than RAM is searched through the page cache.
-    A random rotation spreads the variance of PCA-ordered dimensions evenly over the PQ
-    sub-vectors. Trains on a sample once it holds ``min_train`` vectors; exact below.
+    The full vectors are kept in a ``.vectors.npy`` file and memory-mapped once loaded, as are
+    the inverted lists (``faiss.IO_FLAG_MMAP``): a collection bigger than RAM is searched
+    through the page cache. Trains on a sample once it holds ``min_train`` vectors (about
+    ``4 sqrt(n)`` lists); exact search below that.
     """
 
-    kind = "ivf-pq"
     min_train = 10_000
     train_sample = 100_000
+    #: Re-ranking depths tried while tuning (candidates = rerank * k).
+    reranks: tuple[int, ...] = (1,)
 
     def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
         super().__init__(dim, target_recall, **options)
         self.min_train = int(options.get("min_train", type(self).min_train))
-        code_bytes = int(options.get("code_bytes", 32))
-        self.code_bytes = max(m for m in range(1, code_bytes + 1) if self.dim % m == 0)
-        self.rotation = _random_rotation(self.dim, seed=int(options.get("seed", 0)))
-        self.params = {"nprobe": 8, "rerank": 8}
+        self.params = {"nprobe": 8, "rerank": self.reranks[-1]}
+
+    def _make(self, nlist: int) -> faiss.IndexIVF:
+        raise NotImplementedError
+
+    def _code_bytes(self) -> float:
+        """Bytes of one code in the lists (for the cost model of the candidates)."""
+        raise NotImplementedError
+
+    def _transform(self, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(vectors, np.float32)
 
     def _build(self, vectors: np.ndarray) -> faiss.Index:
         nlist = int(self.options.get("nlist") or _nlist_for(len(vectors)))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFPQ(
-            quantizer, self.dim, nlist, self.code_bytes, 8, faiss.METRIC_INNER_PRODUCT
-        )
+        ivf = self._make(nlist)
+        ivf.cp.niter = 10  # k-means converges well before the default 25 for this use
         rng = np.random.default_rng(0)
         sample_size = min(len(vectors), max(self.train_sample, 40 * nlist))
         sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
-        ivf.do_polysemous_training = False  # minutes of training for an unused feature
-        ivf.pq.cp.niter = 10  # the default 25 triples training time for little gain
-        ivf.train(self._rotate(sample))
+        ivf.train(self._transform(sample))
         for start in range(0, len(vectors), 65_536):
             chunk = vectors[start : start + 65_536]
-            ivf.add_with_ids(self._rotate(chunk), np.arange(start, start + len(chunk)))
+            ivf.add_with_ids(self._transform(chunk), np.arange(start, start + len(chunk)))
         return ivf
-
-    def _rotate(self, vectors: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(vectors, np.float32) @ self.rotation)
 
     def _append(self, vectors: np.ndarray) -> None:
         first = self._ids.size - len(vectors)
         self.structure.add_with_ids(
-            self._rotate(vectors), np.arange(first, first + len(vectors), dtype=np.int64)
+            self._transform(vectors), np.arange(first, first + len(vectors), dtype=np.int64)
         )
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(self.params["nprobe"])
-        selector = self._selector()
-        if selector is not None:
-            params.sel = selector
-        candidates = max(k, int(self.params["rerank"]) * k)
-        _, positions = self.structure.search(self._rotate(queries), candidates, params=params)
+    def _search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        params = params or self.params
+        search = self._search_parameters(faiss.SearchParametersIVF, nprobe=int(params["nprobe"]))
+        candidates = max(k, int(params.get("rerank", 1)) * k)
+        _, positions = self.structure.search(self._transform(queries), candidates, params=search)
         return self._rerank(queries, positions, k)
 
     def _candidates(self) -> list[dict]:
         nlist = self.structure.nlist
-        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] + [nlist]
-        # At least 4k candidates: 32-byte codes rank near-ties poorly, and held-out queries
-        # from the collection understate that (docs/benchmarks.md, section ``ann``).
-        settings = [{"nprobe": p, "rerank": r} for p in probes for r in (4, 8, 16, 32)]
+        probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512) if p < nlist]
+        settings = [{"nprobe": p, "rerank": r} for p in [*probes, nlist] for r in self.reranks]
         per_list = max(len(self), 1) / nlist
-        # Cost in multiply-adds: coarse centroids, PQ codes scanned, exact re-ranking.
+        # Cost in bytes read: coarse centroids, codes scanned, re-ranking (scattered full
+        # vectors, counted 4x for the random access).
         return sorted(
             settings,
             key=lambda s: (
-                nlist * self.dim
-                + s["nprobe"] * per_list * self.code_bytes
-                + s["rerank"] * TUNE_K * self.dim * 4
-            ),  # re-ranking reads scattered full vectors
+                nlist * self.dim * 4
+                + s["nprobe"] * per_list * self._code_bytes()
+                + s["rerank"] * TUNE_K * self.dim * 4 * 4
+            ),
         )
 
     def _read_structure(self, path: Path, mmap: bool = True) -> faiss.Index:
@@ -542,6 +732,92 @@ class IvfPqIndex(AnnIndex):
             return faiss.read_index(str(path))
         self._source = path
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+
+
+class IvfIndex(_IvfBase):
+    """``ivf``: inverted lists of scalar-quantised vectors (8 bits a dimension by default),
+    then exact re-ranking. The fastest kind at 100k vectors and more (docs/benchmarks.md,
+    section ``ann``): a query scans a few contiguous lists instead of hopping through a graph.
+
+    ``codec`` is ``sq8`` (one byte a dimension, 256 B for a 256-d vector, the default),
+    ``fp16`` (2 bytes) or ``flat`` (4 bytes, exact scores without re-ranking, but the vectors
+    are then held twice: in the lists and in the re-ranking file). Each vector also
+    costs its id in the lists (8 B) and the position map (9 B); the full vectors for re-ranking
+    are memory-mapped from disk once saved.
+    """
+
+    kind = "ivf"
+    CODECS: ClassVar[dict[str, int | None]] = {
+        "sq8": faiss.ScalarQuantizer.QT_8bit,
+        "fp16": faiss.ScalarQuantizer.QT_fp16,
+        "flat": None,
+    }
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        self.codec = str(options.get("codec", "sq8"))
+        if self.codec not in self.CODECS:
+            raise VectorIndexError(f"ivf codec must be one of {', '.join(self.CODECS)}")
+        self.reranks = (1,) if self.codec == "flat" else (1, 2, 4)
+        super().__init__(dim, target_recall, **options)
+
+    def _make(self, nlist: int) -> faiss.IndexIVF:
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if self.codec == "flat":
+            return faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexIVFScalarQuantizer(
+            quantizer, self.dim, nlist, self.CODECS[self.codec], faiss.METRIC_INNER_PRODUCT
+        )
+
+    def _code_bytes(self) -> float:
+        return self.structure.code_size
+
+    def _search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.codec != "flat":
+            return super()._search(queries, k, params)
+        nprobe = int((params or self.params)["nprobe"])
+        search = self._search_parameters(faiss.SearchParametersIVF, nprobe=nprobe)
+        return self.structure.search(queries, k, params=search)  # exact scores already
+
+
+class IvfPqIndex(_IvfBase):
+    """``ivf-pq``: inverted lists of product-quantised codes, then exact re-ranking.
+
+    Memory per vector: the code (``code_bytes``, 32 by default) plus its id in the lists (8)
+    and the position map (9). A random rotation spreads the variance of PCA-ordered dimensions
+    evenly over the PQ sub-vectors. See :class:`_IvfBase` for training and memory-mapping.
+    """
+
+    kind = "ivf-pq"
+    # At least 4k candidates: 32-byte codes rank near-ties poorly, and held-out queries from
+    # the collection understate that (docs/benchmarks.md, section ``ann``).
+    reranks = (4, 8, 16, 32)
+
+    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
+        super().__init__(dim, target_recall, **options)
+        code_bytes = int(options.get("code_bytes", 32))
+        self.code_bytes = max(m for m in range(1, code_bytes + 1) if self.dim % m == 0)
+        self.rotation = _random_rotation(self.dim, seed=int(options.get("seed", 0)))
+        self.params = {"nprobe": 8, "rerank": 8}
+
+    def _make(self, nlist: int) -> faiss.IndexIVF:
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFPQ(
+            quantizer, self.dim, nlist, self.code_bytes, 8, faiss.METRIC_INNER_PRODUCT
+        )
+        ivf.do_polysemous_training = False  # minutes of training for an unused feature
+        ivf.pq.cp.niter = 10  # the default 25 triples training time for little gain
+        return ivf
+
+    def _code_bytes(self) -> float:
+        return self.code_bytes
+
+    def _transform(self, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(vectors, np.float32) @ self.rotation)
+
+    def _rotate(self, vectors: np.ndarray) -> np.ndarray:
+        return self._transform(vectors)
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         return {"rotation": self.rotation}
@@ -583,14 +859,13 @@ class LshIndex(AnnIndex):
     def _append(self, vectors: np.ndarray) -> None:
         self.structure.add(self.codes(vectors))
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rerank = int(self.params["rerank"])
-        params = faiss.SearchParameters()
-        selector = self._selector()
-        if selector is not None:
-            params.sel = selector
+    def _search(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rerank = int((params or self.params)["rerank"])
+        search = self._search_parameters(faiss.SearchParameters)
         candidates = min(max(k, rerank * k), self.structure.ntotal)
-        hamming, positions = self.structure.search(self.codes(queries), candidates, params=params)
+        hamming, positions = self.structure.search(self.codes(queries), candidates, params=search)
         if rerank == 0:
             scores = np.cos(np.pi * hamming[:, :k] / self.bits).astype(np.float32)
             return scores, positions[:, :k]
@@ -656,6 +931,7 @@ def _factory(cls: type[AnnIndex]):
 
 
 register("hnsw", _factory(HnswIndex), HnswIndex.load)
+register("ivf", _factory(IvfIndex), IvfIndex.load)
 register("ivf-pq", _factory(IvfPqIndex), IvfPqIndex.load)
 register("lsh", _factory(LshIndex), LshIndex.load)
 assert create_index  # re-exported for the docstring example

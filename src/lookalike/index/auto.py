@@ -4,9 +4,12 @@ As autofaiss does, the choice follows what the vectors would cost in memory and 
 would cost in time:
 
 - up to ``EXACT_MAX`` vectors, ``flat`` (exact search is then about as fast as any graph);
-- above that, ``hnsw`` while the graph (about 4 d + 8 M bytes per vector) fits the budget;
-- beyond the budget, ``ivf-pq`` (about 50 bytes per vector in memory, the full vectors
-  memory-mapped from disk for re-ranking).
+- below ``IVF_MIN``, ``hnsw`` while the graph (about 4 d + 8 M bytes per vector) fits the
+  budget: it needs no training and is the fastest there;
+- from ``IVF_MIN``, ``ivf`` (8-bit codes in inverted lists, about d + 17 bytes per vector,
+  then exact re-ranking), the fastest kind at 100k and 1M vectors;
+- beyond the budget, ``ivf-pq`` (about 50 bytes per vector in memory). Both IVF kinds
+  memory-map the full vectors for re-ranking from disk.
 
 The choice is made again whenever the collection has doubled (or halved) since the last one; a
 different kind is then built from the current one's vectors. Each chosen kind trains and tunes
@@ -17,6 +20,8 @@ Example:
     >>> choose_kind(5_000, 256, memory_budget=2**30)
     'flat'
     >>> choose_kind(1_000_000, 256, memory_budget=2**30)
+    'ivf'
+    >>> choose_kind(10_000_000, 256, memory_budget=2**30)
     'ivf-pq'
 """
 
@@ -34,6 +39,8 @@ from lookalike.index.base import VectorIndex, VectorIndexError, create_index, lo
 
 #: Exact search up to this many vectors (measured in docs/benchmarks.md, section ``ann``).
 EXACT_MAX = 5_000
+#: ``ivf`` rather than ``hnsw`` from this many vectors (docs/benchmarks.md, section ``ann``).
+IVF_MIN = 50_000
 HNSW_LINKS = 32
 
 
@@ -56,6 +63,8 @@ def bytes_per_vector(kind: str, dim: int) -> float:
         return 4 * dim + 16
     if kind == "hnsw":
         return 4 * dim + 2 * HNSW_LINKS * 4 * 1.1 + 9
+    if kind == "ivf":
+        return dim + 8 + 9
     if kind == "ivf-pq":
         return 32 + 8 + 9
     raise VectorIndexError(f"no memory estimate for {kind!r}")
@@ -66,8 +75,10 @@ def choose_kind(count: int, dim: int, memory_budget: int | None = None) -> str:
     budget = memory_budget if memory_budget is not None else default_memory_budget()
     if count <= EXACT_MAX and count * bytes_per_vector("flat", dim) <= budget:
         return "flat"
-    if count * bytes_per_vector("hnsw", dim) <= budget:
+    if count < IVF_MIN and count * bytes_per_vector("hnsw", dim) <= budget:
         return "hnsw"
+    if count * bytes_per_vector("ivf", dim) <= budget:
+        return "ivf"
     return "ivf-pq"
 
 
