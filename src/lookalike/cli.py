@@ -107,7 +107,7 @@ def index(
         str,
         typer.Option(
             "--index",
-            help="Index kind for a new collection: flat, hnsw, ivf-pq, lsh, auto, or milvus "
+            help="Index kind for a new collection: flat, hnsw, ivf, ivf-pq, lsh, auto, or milvus "
             "(Milvus Lite in the collection) / milvus:URI (a .db file or http://host:19530).",
         ),
     ] = DEFAULT_INDEX,
