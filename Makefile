@@ -24,7 +24,7 @@ system-deps:
 # MediaPipe's Open Images SSD, from the npm package @mediapipe/objectron into the user cache
 # once, checksummed (a no-op when it is there).
 install: $(STAMP)
-	@$(PY) -m lookalike.detectors fetch || echo "warning: the SSD detector could not be fetched; its tests skip"
+	@$(PY) -m lookalike.detect.detectors fetch || echo "warning: the SSD detector could not be fetched; its tests skip"
 
 # torch first and pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile constraints.txt

@@ -14,8 +14,8 @@ decoding and embedding are measured in the ``indexing`` section) and goes throug
 1. catalogue: the N images inserted through ``Catalogue.add_images`` in batches of 1,000 (one
    transaction each, as an indexing run commits), with made-up paths;
 2. index: what the end of that indexing run does: learn the PCA (256-d) from the catalogue, build
-   the index from the stored vectors, save it (``Collection._refit_projections`` and
-   ``_save_indexes``);
+   the index from the stored vectors, save it (``Collection.refit_projections`` and
+   ``save_indexes``);
 3. reopen: in a new process, ``Collection.open`` + ``index()`` + one search (FAISS reads its
    file; Milvus Lite starts in the process, reconnects, loads and counts);
 4. queries through ``Collection.search_vectors`` (k=10): one at a time, with the default
@@ -214,8 +214,8 @@ def measure(name: str, base: np.ndarray, queries: np.ndarray, embedder, pg_uri: 
         ids = np.asarray(ids, np.int64)
 
         start = time.perf_counter()
-        col._refit_projections()  # the end of an indexing run: PCA, index from the catalogue
-        col._save_indexes()
+        col.refit_projections()  # the end of an indexing run: PCA, index from the catalogue
+        col.save_indexes()
         result["background_s"] = wait_for_lite(col)
         result["index_s"] = time.perf_counter() - start
         print(f"{name}: catalogue {result['catalogue_s']:.1f} s, index {result['index_s']:.1f} s")

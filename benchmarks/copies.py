@@ -4,7 +4,7 @@ References: a random half of Corel-1k (500) plus Tiny ImageNet distractors.
 Queries: AugLy edits (1-3 chained: emoji/text overlays, crops down to 30% area, rotations,
 flips, colour jitter, JPEG 10-50, blur, pixelisation, padding, scaling, greyscale) of
 references, and as many edits of the other half of Corel (not indexed: negatives, which look
-like the references' classes). Metrics (``lookalike.metrics``): µAP over every query's top-10
+like the references' classes). Metrics (``evaluate.metrics``): µAP over every query's top-10
 predictions ranked globally, recall@1 of positive queries, recall at 90% precision and its
 threshold, images/s. immaculate (Python 3.12 venv, its CLI groups one folder) is scored on the
 query-reference pairs it puts in one group: a single operating point, no ranking.
@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
-from lookalike import metrics
+from lookalike.evaluate import metrics
 from lookalike.images import decode
 
 IMMACULATE = Path("/tmp/immvenv/bin/immaculate")
@@ -167,7 +167,7 @@ def per_chain(scores: np.ndarray, data: dict) -> dict:
 
 
 def run_pdq(data: dict) -> dict:
-    from lookalike import phash
+    from lookalike.copies import phash
 
     start = time.perf_counter()
     refs = [phash.pdq(decode(p)).hash for p in data["refs"]]
@@ -222,7 +222,7 @@ def run_immaculate(method: str, root: Path, data: dict) -> dict:
 
 
 def locate_check() -> str:
-    from lookalike.verify import verify
+    from lookalike.keypoints.verify import verify
 
     pairs = SHARED / "opencv-pairs"
     if not pairs.exists():
@@ -255,8 +255,8 @@ def main() -> None:
         for model in ("sscd-mobile", "sscd"):
             ours[model] = run_sscd(model, data)
             print(model, ours[model], flush=True)
-        ours["PDQ (lookalike.phash, dihedral)"] = run_pdq(data)
-        print("pdq", ours["PDQ (lookalike.phash, dihedral)"], flush=True)
+        ours["PDQ (lookalike.copies.phash, dihedral)"] = run_pdq(data)
+        print("pdq", ours["PDQ (lookalike.copies.phash, dihedral)"], flush=True)
         peers = {}
         if not args.no_peers:
             peers["pHash (imagehash)"] = run_imagehash(data)
@@ -321,7 +321,7 @@ def main() -> None:
                 else "(peers not run)",
                 "recall@1 by transform (a query counts once for each transform in its chain):",
                 table(["model", *chains], chain_rows),
-                f"Verification (RootSIFT + USAC, `lookalike.verify`): {locate_check()}.",
+                f"Verification (RootSIFT + USAC, `lookalike.keypoints.verify`): {locate_check()}.",
             ]
         )
         write_section("copies", body)

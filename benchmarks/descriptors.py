@@ -26,7 +26,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
-from lookalike.datasets import load_eval_set
 from lookalike.descriptors import (
     Whitening,
     fuse,
@@ -34,15 +33,16 @@ from lookalike.descriptors import (
     hellinger_probs,
     query_expansion,
 )
-from lookalike.evaluate import evaluate
-from lookalike.images import decode
-from lookalike.metrics import (
+from lookalike.evaluate.datasets import load_eval_set
+from lookalike.evaluate.metrics import (
     mean_average_precision,
     mean_average_precision_at_r,
     precision_at_k,
     rank_relevance,
     ukbench_score,
 )
+from lookalike.evaluate.run import evaluate
+from lookalike.images import decode
 from lookalike.models.efficientnet import EfficientNetLite, preprocess_full
 from lookalike.models.efficientnet import preprocess as preprocess_crop
 

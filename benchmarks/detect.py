@@ -47,9 +47,9 @@ from PIL import Image, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
-from lookalike import detect as detect_module
 from lookalike.collection import Collection, CollectionError
-from lookalike.detect import detect, iou
+from lookalike.detect import photo as detect_module
+from lookalike.detect.photo import detect, iou
 
 BOX_TRUTH = (89, 160, 286, 299)
 WORK = Path(tempfile.gettempdir()) / "lookalike-bench-detect2"
@@ -405,7 +405,7 @@ def available(col: Collection, scene: dict, source: str) -> str:
 def run_video(col: Collection, items: list[Path], work: Path, min_inliers: int) -> dict:
     """Frames per second and detection rate on the GoPro clip with ``items`` pasted in, and
     false items on the clip as it is (no catalogue item in it)."""
-    from lookalike.detect_video import catalogue_matcher, detect_video
+    from lookalike.detect.video import catalogue_matcher, detect_video
 
     catalogue_matcher(col)  # built once per collection, not part of a video's time
     clip = work / "walk-items.mp4"

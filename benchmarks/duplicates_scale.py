@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
 from lookalike import Collection
-from lookalike.copies import DEFAULT_COPY_MODEL
-from lookalike.evaluate import cache_collection_path, evaluate
+from lookalike.copies.space import DEFAULT_COPY_MODEL
+from lookalike.evaluate.run import cache_collection_path, evaluate
 from lookalike.models import load_embedder
 
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, percentile_ms, table, write_section
 
 from lookalike import Collection
-from lookalike.evaluate import evaluate
+from lookalike.evaluate.metrics import mean_average_precision, precision_at_k, rank_relevance
+from lookalike.evaluate.run import evaluate
 from lookalike.images import decode
-from lookalike.metrics import mean_average_precision, precision_at_k, rank_relevance
 from lookalike.models import load_embedder
 from lookalike.models.efficientnet import preprocess
 from lookalike.store import FileState, NewImage
@@ -110,7 +110,7 @@ def grow_to(col: Collection, total: int, seed: int = 0) -> None:
         )
         n += m
     col._indexes.clear()
-    col._refit_projections()  # as an indexing run would once the collection has grown
+    col.refit_projections()  # as an indexing run would once the collection has grown
 
 
 def colour_histograms(files: list[Path], bins: int = 8) -> np.ndarray:

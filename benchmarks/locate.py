@@ -30,10 +30,10 @@ from _report import SHARED, table, write_section
 from lookalike import Collection
 from lookalike.collection import IMAGE_SPACE
 from lookalike.descriptors import l2n
-from lookalike.geo import haversine, read_csv, to_local
-from lookalike.geomap import write_map
-from lookalike.locate import SMOOTH_WINDOW, TEMPERATURE, locate, locate_hits
-from lookalike.video import index_video, iter_frames, video_info
+from lookalike.geo.frames import index_video, iter_frames, video_info
+from lookalike.geo.locate import SMOOTH_WINDOW, TEMPERATURE, locate, locate_hits
+from lookalike.geo.maps import write_map
+from lookalike.geo.tracks import haversine, read_csv, to_local
 
 DATA = SHARED / "gopro-walk"
 K = 10

@@ -289,12 +289,12 @@ def serve_instrumented(port: int, workers: int) -> None:
 def instrumented_app() -> object:
     """``lookalike.server.app.app_from_env()`` with per-request timings: each worker appends
     one JSON line per POST to ``$LOOKALIKE_BENCH_STATS/stats-PID.jsonl``."""
-    import lookalike.collection
+    import lookalike.collection.core
     from lookalike.collection import Collection
     from lookalike.server.app import app_from_env
     from lookalike.server.catalogs import Catalogs
 
-    _patch(lookalike.collection, "load_index", "reload")  # an index file read after an upload
+    _patch(lookalike.collection.core, "load_index", "reload")  # an index file read after an upload
     _patch(Collection, "_build_index", "rebuild")  # ... or rebuilt from the stored vectors
     _patch(Collection, "index", "index")
     _patch(Collection, "embed", "embed")
@@ -938,7 +938,7 @@ def diagnose(results: list[dict], prof: dict | None) -> list[str]:
     if lines and any(r["summary"]["uploads_ok"] for r in results) and prof:
         fixes.append(
             f"Each upload of one image makes the writer save every index whole "
-            f"(`_save_indexes`: the image index, {prof['index_mb']:.0f} MB with its PCA, and the "
+            f"(`save_indexes`: the image index, {prof['index_mb']:.0f} MB with its PCA, and the "
             f"other spaces' indexes, {prof['other_index_mb']:.0f} MB): O(N) per upload. Group "
             "concurrent uploads into one commit, or keep an append-only delta beside the saved "
             "index."

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, percentile_ms, table, write_section
 
 from lookalike import Collection
-from lookalike.datasets import load_eval_set
-from lookalike.evaluate import cache_collection_path, evaluate
-from lookalike.metrics import mean_average_precision, precision_at_k, rank_relevance
+from lookalike.evaluate.datasets import load_eval_set
+from lookalike.evaluate.metrics import mean_average_precision, precision_at_k, rank_relevance
+from lookalike.evaluate.run import cache_collection_path, evaluate
 from lookalike.models import load_embedder
 from lookalike.models.text import ConSE
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
 from lookalike.models import load_embedder
-from lookalike.train import (
+from lookalike.train.trainer import (
     TrainConfig,
     _embed_rows,
     backbone_features,
@@ -90,7 +90,7 @@ def run_protocol(
 def draw_map(x: np.ndarray, labels: np.ndarray, test: np.ndarray, head, name: str) -> str:
     import torch
 
-    from lookalike.train_plots import plot_embedding_map
+    from lookalike.train.plots import plot_embedding_map
 
     shown = np.isin(labels, np.unique(labels[test])[:10]) & test
     after = _embed_rows(head, torch.from_numpy(x[shown]), "cpu")

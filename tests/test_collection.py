@@ -141,7 +141,7 @@ def test_search_many_batches_queries(tmp_path, photo_dir, embedder) -> None:
 def test_pca_is_learned_on_the_collection_and_relearned_as_it_grows(
     tmp_path, photo_dir, embedder, monkeypatch
 ) -> None:
-    import lookalike.collection as collection_module
+    import lookalike.collection.spaces as collection_module
     from lookalike.index.projected import ProjectedIndex
 
     monkeypatch.setattr(collection_module, "REDUCE_MIN_IMAGES", 4)
@@ -184,12 +184,13 @@ def test_metadata_is_stored_merged_and_returned(tmp_path, photo_dir, embedder) -
 
 _MID_WRITE = """
 import sys
-from lookalike.collection import Collection, _WriteLock
+from lookalike.collection import Collection
+from lookalike.collection.lock import WriteLock
 
 col = Collection.open(sys.argv[1])
-col._save_indexes = lambda: None  # the catalogue is written, the index not saved yet
+col.save_indexes = lambda: None  # the catalogue is written, the index not saved yet
 col.add([sys.argv[2]])
-with _WriteLock(col.path):  # and the writer is still at work
+with WriteLock(col.path):  # and the writer is still at work
     print("mid-write", flush=True)
     sys.stdin.read()
 """

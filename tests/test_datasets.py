@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.datasets import (
+from lookalike.evaluate.datasets import (
     DatasetError,
     EvalSet,
     detect_layout,

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lookalike import detect_video as dv
 from lookalike.cli import app
 from lookalike.collection import Collection
-from lookalike.detect import detect, iou
-from lookalike.verify import extract
+from lookalike.detect import video as dv
+from lookalike.detect.photo import detect, iou
+from lookalike.keypoints.verify import extract
 from tests.conftest import skimage_photo
 
 CATALOGUE = ("coffee", "rocket", "astronaut", "immunohistochemistry")

@@ -1,4 +1,4 @@
-"""Object detectors (lookalike.detectors): the Objectron SSD and the user's YOLO ONNX plug.
+"""Object detectors (lookalike.detect.detectors): the Objectron SSD and the user's YOLO ONNX plug.
 
 The YOLO tests build a real ONNX graph, run by ONNX Runtime, that "detects" the pure red
 pixels of its input: it outputs their bounding box in the common YOLOv5 (1, N, 5 + C) or
@@ -25,8 +25,7 @@ from typer.testing import CliRunner
 
 from lookalike.cli import app
 from lookalike.collection import Collection
-from lookalike.detect import detect, iou
-from lookalike.detectors import (
+from lookalike.detect.detectors import (
     DetectorError,
     ObjectronSSD,
     YoloOnnxDetector,
@@ -41,6 +40,7 @@ from lookalike.detectors import (
     read_labels,
     ssd_anchors,
 )
+from lookalike.detect.photo import detect, iou
 from tests.conftest import skimage_photo
 
 RED = (255, 0, 0)
@@ -323,7 +323,7 @@ def test_ssd_class_filter_threshold_and_errors(ssd, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "object_detection_ssd_mobilenetv2_oidv4_fp16.tflite").exists()
 
 
-# -- as proposal sources of lookalike.detect -----------------------------------------------
+# -- as proposal sources of lookalike.detect.photo -----------------------------------------------
 FRAME = (140, 14, 335, 251)  # the cup's eye-read box at 0.8x, drawn inclusive
 
 
@@ -401,7 +401,7 @@ def test_yolo_source_and_cli_use_the_users_detector(shop):
 
 
 def test_module_runs_as_a_command(tmp_path):
-    from lookalike.detectors import main
+    from lookalike.detect.detectors import main
 
     (tmp_path / "junk.tgz").write_bytes(b"junk")
     assert main(["fetch", "--tarball", str(tmp_path / "junk.tgz"), "--to", str(tmp_path)]) == 1

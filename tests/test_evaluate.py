@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageEnhance
 
-from lookalike import evaluate as evaluate_module
-from lookalike.evaluate import EvalResult, evaluate
+from lookalike.evaluate import run as evaluate_module
+from lookalike.evaluate.run import EvalResult, evaluate
 from tests.conftest import shared_dataset, skimage_photo
 
 LOOKALIKE = [sys.executable, "-m", "lookalike"]

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from lookalike.collection import Collection
-from lookalike.geo import (
+from lookalike.geo.frames import index_video, iter_frames
+from lookalike.geo.locate import estimate, locate, viterbi
+from lookalike.geo.tracks import (
     EARTH_RADIUS_M,
     Track,
     TrackError,
@@ -24,8 +26,6 @@ from lookalike.geo import (
     read_gpx,
     read_track,
 )
-from lookalike.locate import estimate, locate, viterbi
-from lookalike.video import index_video, iter_frames
 from tests.conftest import skimage_photo
 
 av = pytest.importorskip("av")
@@ -293,7 +293,7 @@ def test_viterbi_prefers_a_continuous_path() -> None:
 def test_cli_index_video_and_locate(walk: dict, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lookalike.cli import app
+    from lookalike.cli.app import app
 
     runner = CliRunner()
     col = str(tmp_path / "col")
@@ -330,8 +330,8 @@ def test_cli_index_video_and_locate(walk: dict, tmp_path: Path) -> None:
 
 
 def test_png_map(tmp_path: Path) -> None:
-    from lookalike.geomap import write_map
-    from lookalike.locate import Location
+    from lookalike.geo.locate import Location
+    from lookalike.geo.maps import write_map
 
     lon = np.array([east_lon(e) for e in (0.0, 1.0, 2.0)])
     predicted = [Location("q", LAT0, east_lon(1.1), 0.3)]

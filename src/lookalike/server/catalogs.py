@@ -37,8 +37,9 @@ from pathlib import Path
 from PIL import Image
 
 from lookalike.collection import Collection, CollectionError, SearchResult
+from lookalike.errors import BadRequestError, NotFoundError, UnavailableError
 from lookalike.images import ImageError, decode, thumbnail
-from lookalike.ingest import content_hash
+from lookalike.ingest.files import content_hash
 from lookalike.models import Embedder, ModelError
 from lookalike.server.config import ServerConfig
 from lookalike.server.db import ServerDB
@@ -49,18 +50,6 @@ MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "
 #: How many times more results a filtered search asks the index for.
 OVERFETCH = 10
 BATCH = 32
-
-
-class NotFoundError(LookupError):
-    """No such catalogue, image or job (or not visible to the caller)."""
-
-
-class BadRequestError(ValueError):
-    """The request cannot be served as asked (the message says why)."""
-
-
-class UnavailableError(RuntimeError):
-    """A feature this server cannot offer as installed (the message says what is missing)."""
 
 
 @dataclass
@@ -403,7 +392,7 @@ class Catalogs:
     # -- duplicates -----------------------------------------------------------------------------
     def copy_space_state(self, catalog_id: str) -> tuple[bool, int, int]:
         """(has a copy space, images without a copy vector, images)."""
-        from lookalike.copies import COPY_SPACE
+        from lookalike.copies.space import COPY_SPACE
 
         col = self.reader(catalog_id)
         count = len(col)
@@ -416,7 +405,7 @@ class Catalogs:
     ) -> dict:
         """Give the catalogue its copy space (or complete it): ``Collection.add_copy_space``
         under the write lock, with the model already there or ``copies.DEFAULT_COPY_MODEL``."""
-        from lookalike.copies import COPY_SPACE, DEFAULT_COPY_MODEL
+        from lookalike.copies.space import COPY_SPACE, DEFAULT_COPY_MODEL
 
         self.get(catalog_id)
         with self.write_lock(catalog_id):
@@ -448,7 +437,7 @@ class Catalogs:
 
         Identical content uploaded twice is one image here, so exact copies never form a group.
         """
-        from lookalike.copies import COPY_SPACE, threshold_for
+        from lookalike.copies.space import COPY_SPACE, threshold_for
 
         col = self.reader(catalog_id)
         if COPY_SPACE not in col.spaces():
@@ -504,10 +493,10 @@ class Catalogs:
         proposals: Sequence[str] | None = None,
         min_score: float | None = None,
     ) -> dict:
-        """Catalogue items inside a photo (``lookalike.detect.detect`` with its defaults; the
+        """Catalogue items inside a photo (``lookalike.detect.photo.detect`` with its defaults; the
         options given are passed through): per item its box in pixels and as fractions, the
         best matches as API images, and the keypoint confirmation."""
-        from lookalike.detect import detect
+        from lookalike.detect.photo import detect
 
         col = self.reader(catalog_id)
         photo = decode(image, max_pixels=self.config.max_pixels)

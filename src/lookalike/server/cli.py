@@ -54,3 +54,8 @@ def serve(
         workers=workers,
         log_level="info",
     )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to ``app``."""
+    app.command("serve")(serve)

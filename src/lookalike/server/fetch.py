@@ -16,11 +16,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from lookalike.errors import FetchError
+
 MAX_REDIRECTS = 3
-
-
-class FetchError(ValueError):
-    """A URL cannot or may not be fetched (the message says why)."""
 
 
 def check_url(url: str, *, allow_private: bool = False) -> None:

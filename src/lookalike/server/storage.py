@@ -20,12 +20,10 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from lookalike.errors import StorageError
+
 #: Keys are lower-case words separated by "/" with no "." segments: they cannot climb out.
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*(\.[a-z0-9]+)?$")
-
-
-class StorageError(RuntimeError):
-    """A blob cannot be stored or read."""
 
 
 class Storage(Protocol):

@@ -15,9 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-
-class CatalogueError(RuntimeError):
-    """The catalogue cannot be opened or migrated."""
+from lookalike.errors import CatalogueError  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,71 @@
+"""What the collection answers with: a search hit and an indexing run's report.
+
+Example:
+    >>> SearchResult(id=3, path="/photos/a.jpg", score=0.94123456).to_dict()
+    {'path': '/photos/a.jpg', 'score': 0.941235, 'id': 3}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SearchResult:
+    """One hit: the image id, its first file, cosine similarity, and what else is known."""
+
+    id: int
+    path: str
+    score: float
+    paths: tuple[str, ...] = ()
+    width: int = 0
+    height: int = 0
+    metadata: dict = field(default_factory=dict)
+    # Set by geometric verification (copies.verify_results); None when not checked.
+    verified: bool | None = None
+    inliers: int | None = None
+    region: tuple[int, int, int, int] | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form: ``path``, ``score``, ``id`` (the public contract) and extras."""
+        out = {"path": self.path, "score": round(float(self.score), 6), "id": self.id}
+        if len(self.paths) > 1:
+            out["duplicates"] = list(self.paths[1:])
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if self.verified is not None:
+            out["verified"] = bool(self.verified)
+            out["inliers"] = int(self.inliers or 0)
+            out["region"] = list(self.region) if self.region else None
+        return out
+
+
+@dataclass
+class IndexReport:
+    """What an ``add`` or ``sync`` did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def embedded(self) -> int:
+        """Images that went through the network in this run."""
+        return self.added + self.updated
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["duplicates"] = [{"path": p, "same_as": o} for p, o in self.duplicates]
+        out["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        out["images_per_second"] = round(self.images_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        return out
