@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pytest.importorskip("pyarrow")
 
-from lookalike import bulk  # noqa: E402
+from lookalike.ingest import bulk  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a local Ray takes ~10 s to start and each run a few more
 runner = CliRunner()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lookalike.cli import app
 from tests.conftest import PHOTOS, skimage_photo
 
 LOOKALIKE = [sys.executable, "-m", "lookalike"]
@@ -124,6 +125,19 @@ def test_kill_during_indexing_then_resume_loses_nothing(tmp_path) -> None:
     assert info["files"] == 160 and info["index"]["vectors"] == info["images"]
 
 
-@pytest.mark.parametrize("command", ["index", "search", "info", "remove", "models"])
+def _commands() -> list[str]:
+    """Every command the app registers (each capability adds its own)."""
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_every_capability_registers_its_commands() -> None:
+    expected = {"index", "search", "info", "remove", "models", "eval", "serve", "train"}
+    expected |= {"index-video", "locate", "duplicates", "detect"}
+    assert expected <= set(_commands())
+
+
+@pytest.mark.parametrize("command", _commands())
 def test_help_for_every_command(command: str) -> None:
     assert "Usage" in run(command, "--help").stdout

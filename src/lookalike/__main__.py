@@ -1,5 +1,5 @@
 """``python -m lookalike`` runs the command line."""
 
-from lookalike.cli.app import app
+from lookalike.cli.application import app
 
 app()

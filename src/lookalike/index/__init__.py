@@ -1,4 +1,18 @@
-"""Vector indexes: k-nearest-neighbour search over a collection's vectors."""
+"""Vector indexes: k-nearest-neighbour search over a collection's vectors.
+
+``create_index(kind, dim)`` makes an empty index of a kind (``flat``, ``hnsw``, ``ivf``,
+``ivf-pq``, ``lsh``, ``auto``, ``milvus``: :func:`kinds`), ``load_index(kind, path)`` reads one
+its ``save(path)`` wrote. Each kind lives in its own module and registers itself there
+(``lookalike.index.base``); which to use at what size is in docs/benchmarks.md, section ``ann``.
+
+Example:
+    >>> import numpy as np
+    >>> from lookalike.index import create_index
+    >>> index = create_index("hnsw", dim=4)
+    >>> index.add(np.array([7, 9]), np.eye(4, dtype=np.float32)[:2])
+    >>> index.search(np.eye(4, dtype=np.float32)[1:2], k=1)[1].tolist()
+    [[9]]
+"""
 
 import os
 

@@ -1,6 +1,8 @@
-"""Approximate nearest-neighbour index kinds: ``ivf``, ``hnsw``, ``ivf-pq`` and ``lsh``.
+"""The shared machinery of the approximate nearest-neighbour kinds (``hnsw``, ``ivf``,
+``ivf-pq``, ``lsh``): :class:`AnnIndex`, which each kind subclasses in its own module
+(``lookalike.index.hnsw``, ``lookalike.index.ivf``, ``lookalike.index.lsh``).
 
-They share one design (:class:`AnnIndex`):
+They share one design:
 
 - **Positions and tombstones.** Vectors live at positions 0..n-1 of a FAISS structure; ``ids``
   maps a position to the catalogue's image id and ``alive`` marks the positions still in use.
@@ -17,18 +19,19 @@ They share one design (:class:`AnnIndex`):
   ``target_recall`` recall@10 on held-out vectors: a sample of stored vectors used as queries,
   against exact neighbours among the others.
 - **Self-tuning on real queries.** Held-out stored vectors are easier queries than new images
-  (on the 1M benchmark the build-time choice reaches recall 0.71, not 0.95), so every search
-  offers its query vectors to a small reservoir (a uniform sample of the queries since the last
-  tuning, ``reservoir`` = 256 of them). As soon as it is full the parameters are chosen again
-  on it against exact search; after that, once ``retune_queries`` queries have arrived *and*
-  the time spent searching since the last tuning is at least ``1 / retune_budget`` times what
-  that tuning cost: the parameters follow the queries (and the data) as they drift, and
-  self-tuning costs at most ``retune_budget`` (5%) of the search time. It runs in a background
-  thread (changes to the index wait for it); the reservoir and the parameters are saved with
-  the index.
+  (build-time tuning falls well short of its target on real queries at 1M vectors:
+  docs/benchmarks.md, section ``ann``), so every search offers its query vectors to a small
+  reservoir (a uniform sample of the queries since the last tuning, ``reservoir`` = 256 of
+  them). As soon as it is full the parameters are chosen again on it against exact search;
+  after that, once ``retune_queries`` queries have arrived *and* the time spent searching since
+  the last tuning is at least ``1 / retune_budget`` times what that tuning cost: the parameters
+  follow the queries (and the data) as they drift, and self-tuning costs at most
+  ``retune_budget`` (5%) of the search time. It runs in a background thread (changes to the
+  index wait for it); the reservoir and the parameters are saved with the index.
 
 Example:
-    >>> index = create_index("hnsw", dim=8)
+    >>> from lookalike.index import create_index
+    >>> index = create_index("hnsw", dim=8)  # an AnnIndex subclass
     >>> index.add(np.array([7, 9]), np.eye(8, dtype=np.float32)[:2])
     >>> index.search(np.eye(8, dtype=np.float32)[1:2], k=1)[1].tolist()
     [[9]]
@@ -37,17 +40,17 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import faiss
 import numpy as np
 
-from lookalike.index.base import VectorIndexError, create_index, register
+from lookalike.errors import VectorIndexError
+from lookalike.fileio import atomic_save, atomic_write
+from lookalike.index.exact import exact_search, recall_at, top_k
 
 #: Rebuild once this fraction of positions are tombstones.
 REBUILD_DEAD = 0.25
@@ -72,12 +75,10 @@ RESERVOIR_MIN = 64
 
 __all__ = [
     "AnnIndex",
-    "HnswIndex",
-    "IvfIndex",
-    "IvfPqIndex",
-    "LshIndex",
     "exact_search",
     "meta_file",
+    "recall_at",
+    "vectors_file",
 ]
 
 
@@ -89,54 +90,6 @@ def meta_file(index_file: Path) -> Path:
 def vectors_file(index_file: Path) -> Path:
     """Sidecar with the full vectors (re-ranking and rebuilds), memory-mapped when loaded."""
     return index_file.with_suffix(".vectors.npy")
-
-
-def exact_search(
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    block: int = 65_536,
-    rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` rows of ``vectors`` by inner product with each query: (scores, rows).
-
-    Works through ``vectors`` in blocks, so a memory-mapped matrix is read once. ``rows``
-    restricts the search to those rows (and is gathered block by block, never copied whole).
-
-    Example:
-        >>> exact_search(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[:1], 1)[1]
-        array([[0]])
-    """
-    queries = np.ascontiguousarray(queries, np.float32)
-    total = len(vectors) if rows is None else len(rows)
-    k = min(k, total)
-    best_scores = np.full((len(queries), k), -np.inf, np.float32)
-    best_rows = np.full((len(queries), k), -1, np.int64)
-    for start in range(0, total, block):
-        if rows is None:
-            chunk = np.asarray(vectors[start : start + block], np.float32)
-            numbers = np.arange(start, start + len(chunk))
-        else:
-            numbers = rows[start : start + block]
-            chunk = np.asarray(vectors[numbers], np.float32)
-        scores = queries @ chunk.T
-        found = np.broadcast_to(numbers, scores.shape)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        found = np.concatenate([best_rows, found], axis=1)
-        top = _top_k(scores, k)
-        best_scores = np.take_along_axis(scores, top, 1)
-        best_rows = np.take_along_axis(found, top, 1)
-    return best_scores, best_rows
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` largest scores of each row, best first."""
-    if scores.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1)
 
 
 class _Growable:
@@ -337,11 +290,13 @@ class AnnIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self._saved != (str(path), self._version):  # else the files already hold them
             if self.keeps_vectors:
-                _atomic(vectors_file(path), lambda tmp: np.save(tmp, self._store.view()), ".npy")
+                atomic_save(
+                    vectors_file(path), lambda tmp: np.save(tmp, self._store.view()), ".npy"
+                )
             if self.structure is not None:
-                _atomic(path, lambda tmp: self._write_structure(self.structure, str(tmp)))
+                atomic_save(path, lambda tmp: self._write_structure(self.structure, tmp))
             else:
-                _atomic(path, lambda tmp: Path(tmp).write_bytes(b""))
+                atomic_write(path, lambda f: None)  # not built yet: an empty file
         meta = {
             "kind": self.kind,
             "dim": self.dim,
@@ -356,7 +311,7 @@ class AnnIndex:
             "tune_seconds": self._tune_seconds,
             **self._extra_meta(),
         }
-        _atomic(
+        atomic_save(
             meta_file(path),
             lambda tmp: np.savez(
                 tmp,
@@ -547,7 +502,7 @@ class AnnIndex:
             gathered = np.asarray(self._vectors(unique), np.float32)[inverse.reshape(flat.shape)]
             scores = np.matmul(gathered, queries[start : start + 256, :, None])[..., 0]
             scores = np.where(valid, scores, -np.inf)
-            top = _top_k(scores, min(k, scores.shape[1]))
+            top = top_k(scores, min(k, scores.shape[1]))
             out_scores[start : start + 256, : top.shape[1]] = np.take_along_axis(scores, top, 1)
             positions = np.take_along_axis(np.where(valid, block, -1), top, 1)
             out_positions[start : start + 256, : top.shape[1]] = positions
@@ -598,340 +553,3 @@ class AnnIndex:
 
     def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         pass
-
-
-class HnswIndex(AnnIndex):
-    """``hnsw``: FAISS HNSWFlat by inner product. ~1.3 KB per 256-d vector.
-
-    The graph holds the vectors itself, so there is no second copy; deletion is by tombstones.
-    Needs no training, so it is the approximate kind for collections that are still small.
-    """
-
-    kind = "hnsw"
-    keeps_vectors = False
-
-    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
-        super().__init__(dim, target_recall, **options)
-        self.links = int(options.get("links", 32))
-        self.ef_construction = int(options.get("ef_construction", 40))
-        self.structure = self._build(np.zeros((0, self.dim), np.float32))
-        self.params = {"ef_search": 64}
-
-    def _build(self, vectors: np.ndarray) -> faiss.Index:
-        graph = faiss.IndexHNSWFlat(self.dim, self.links, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = self.ef_construction
-        if len(vectors):
-            graph.add(vectors)
-        return graph
-
-    def _append(self, vectors: np.ndarray) -> None:
-        self.structure.add(vectors)
-
-    def _matrix(self) -> np.ndarray:
-        storage = faiss.downcast_index(self.structure.storage)
-        flat = faiss.rev_swig_ptr(storage.get_xb(), self.structure.ntotal * self.dim)
-        return flat.reshape(-1, self.dim)
-
-    def _search(
-        self, queries: np.ndarray, k: int, params: dict | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        ef = max(int((params or self.params)["ef_search"]), k)
-        search = self._search_parameters(faiss.SearchParametersHNSW, efSearch=ef)
-        return self.structure.search(queries, k, params=search)
-
-    def _candidates(self) -> list[dict]:
-        efs = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-        return [{"ef_search": ef} for ef in efs]
-
-    def maintain(self) -> None:
-        """A graph grows without re-training: compact when too many tombstones, re-tune when
-        the collection has doubled."""
-        live = len(self)
-        if live and self._dead > REBUILD_DEAD * self._ids.size:
-            self._rebuild()
-        elif live >= TUNE_MIN and live >= REGROW * max(self._tuned_at, TUNE_MIN / REGROW):
-            self._tune()
-
-
-class _IvfBase(AnnIndex):
-    """Inverted lists over a k-means coarse quantizer, then exact re-ranking of the best
-    candidates from the stored vectors (the shared part of ``ivf`` and ``ivf-pq``).
-
-    The full vectors are kept in a ``.vectors.npy`` file and memory-mapped once loaded, as are
-    the inverted lists (``faiss.IO_FLAG_MMAP``): a collection bigger than RAM is searched
-    through the page cache. Trains on a sample once it holds ``min_train`` vectors (about
-    ``4 sqrt(n)`` lists); exact search below that.
-    """
-
-    min_train = 10_000
-    train_sample = 100_000
-    #: Re-ranking depths tried while tuning (candidates = rerank * k).
-    reranks: tuple[int, ...] = (1,)
-
-    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
-        super().__init__(dim, target_recall, **options)
-        self.min_train = int(options.get("min_train", type(self).min_train))
-        self.params = {"nprobe": 8, "rerank": self.reranks[-1]}
-
-    def _make(self, nlist: int) -> faiss.IndexIVF:
-        raise NotImplementedError
-
-    def _code_bytes(self) -> float:
-        """Bytes of one code in the lists (for the cost model of the candidates)."""
-        raise NotImplementedError
-
-    def _transform(self, vectors: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(vectors, np.float32)
-
-    def _build(self, vectors: np.ndarray) -> faiss.Index:
-        nlist = int(self.options.get("nlist") or _nlist_for(len(vectors)))
-        ivf = self._make(nlist)
-        ivf.cp.niter = 10  # k-means converges well before the default 25 for this use
-        rng = np.random.default_rng(0)
-        sample_size = min(len(vectors), max(self.train_sample, 40 * nlist))
-        sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
-        ivf.train(self._transform(sample))
-        for start in range(0, len(vectors), 65_536):
-            chunk = vectors[start : start + 65_536]
-            ivf.add_with_ids(self._transform(chunk), np.arange(start, start + len(chunk)))
-        return ivf
-
-    def _append(self, vectors: np.ndarray) -> None:
-        first = self._ids.size - len(vectors)
-        self.structure.add_with_ids(
-            self._transform(vectors), np.arange(first, first + len(vectors), dtype=np.int64)
-        )
-
-    def _search(
-        self, queries: np.ndarray, k: int, params: dict | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        params = params or self.params
-        search = self._search_parameters(faiss.SearchParametersIVF, nprobe=int(params["nprobe"]))
-        candidates = max(k, int(params.get("rerank", 1)) * k)
-        _, positions = self.structure.search(self._transform(queries), candidates, params=search)
-        return self._rerank(queries, positions, k)
-
-    def _candidates(self) -> list[dict]:
-        nlist = self.structure.nlist
-        probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512) if p < nlist]
-        settings = [{"nprobe": p, "rerank": r} for p in [*probes, nlist] for r in self.reranks]
-        per_list = max(len(self), 1) / nlist
-        # Cost in bytes read: coarse centroids, codes scanned, re-ranking (scattered full
-        # vectors, counted 4x for the random access).
-        return sorted(
-            settings,
-            key=lambda s: (
-                nlist * self.dim * 4
-                + s["nprobe"] * per_list * self._code_bytes()
-                + s["rerank"] * TUNE_K * self.dim * 4 * 4
-            ),
-        )
-
-    def _read_structure(self, path: Path, mmap: bool = True) -> faiss.Index:
-        if not mmap:
-            return faiss.read_index(str(path))
-        self._source = path
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-
-
-class IvfIndex(_IvfBase):
-    """``ivf``: inverted lists of scalar-quantised vectors (8 bits a dimension by default),
-    then exact re-ranking. The fastest kind at 100k vectors and more (docs/benchmarks.md,
-    section ``ann``): a query scans a few contiguous lists instead of hopping through a graph.
-
-    ``codec`` is ``sq8`` (one byte a dimension, 256 B for a 256-d vector, the default),
-    ``fp16`` (2 bytes) or ``flat`` (4 bytes, exact scores without re-ranking, but the vectors
-    are then held twice: in the lists and in the re-ranking file). Each vector also
-    costs its id in the lists (8 B) and the position map (9 B); the full vectors for re-ranking
-    are memory-mapped from disk once saved.
-    """
-
-    kind = "ivf"
-    CODECS: ClassVar[dict[str, int | None]] = {
-        "sq8": faiss.ScalarQuantizer.QT_8bit,
-        "fp16": faiss.ScalarQuantizer.QT_fp16,
-        "flat": None,
-    }
-
-    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
-        self.codec = str(options.get("codec", "sq8"))
-        if self.codec not in self.CODECS:
-            raise VectorIndexError(f"ivf codec must be one of {', '.join(self.CODECS)}")
-        self.reranks = (1,) if self.codec == "flat" else (1, 2, 4)
-        super().__init__(dim, target_recall, **options)
-
-    def _make(self, nlist: int) -> faiss.IndexIVF:
-        quantizer = faiss.IndexFlatIP(self.dim)
-        if self.codec == "flat":
-            return faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        return faiss.IndexIVFScalarQuantizer(
-            quantizer, self.dim, nlist, self.CODECS[self.codec], faiss.METRIC_INNER_PRODUCT
-        )
-
-    def _code_bytes(self) -> float:
-        return self.structure.code_size
-
-    def _search(
-        self, queries: np.ndarray, k: int, params: dict | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if self.codec != "flat":
-            return super()._search(queries, k, params)
-        nprobe = int((params or self.params)["nprobe"])
-        search = self._search_parameters(faiss.SearchParametersIVF, nprobe=nprobe)
-        return self.structure.search(queries, k, params=search)  # exact scores already
-
-
-class IvfPqIndex(_IvfBase):
-    """``ivf-pq``: inverted lists of product-quantised codes, then exact re-ranking.
-
-    Memory per vector: the code (``code_bytes``, 32 by default) plus its id in the lists (8)
-    and the position map (9). A random rotation spreads the variance of PCA-ordered dimensions
-    evenly over the PQ sub-vectors. See :class:`_IvfBase` for training and memory-mapping.
-    """
-
-    kind = "ivf-pq"
-    # At least 4k candidates: 32-byte codes rank near-ties poorly, and held-out queries from
-    # the collection understate that (docs/benchmarks.md, section ``ann``).
-    reranks = (4, 8, 16, 32)
-
-    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
-        super().__init__(dim, target_recall, **options)
-        code_bytes = int(options.get("code_bytes", 32))
-        self.code_bytes = max(m for m in range(1, code_bytes + 1) if self.dim % m == 0)
-        self.rotation = _random_rotation(self.dim, seed=int(options.get("seed", 0)))
-        self.params = {"nprobe": 8, "rerank": 8}
-
-    def _make(self, nlist: int) -> faiss.IndexIVF:
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFPQ(
-            quantizer, self.dim, nlist, self.code_bytes, 8, faiss.METRIC_INNER_PRODUCT
-        )
-        ivf.do_polysemous_training = False  # minutes of training for an unused feature
-        ivf.pq.cp.niter = 10  # the default 25 triples training time for little gain
-        return ivf
-
-    def _code_bytes(self) -> float:
-        return self.code_bytes
-
-    def _transform(self, vectors: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(vectors, np.float32) @ self.rotation)
-
-    def _rotate(self, vectors: np.ndarray) -> np.ndarray:
-        return self._transform(vectors)
-
-    def _extra_arrays(self) -> dict[str, np.ndarray]:
-        return {"rotation": self.rotation}
-
-    def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        self.rotation = arrays["rotation"]
-
-
-class LshIndex(AnnIndex):
-    """``lsh``: random-hyperplane codes (one sign bit per hyperplane), searched by Hamming
-    distance, then the best candidates re-ranked exactly from the stored vectors.
-
-    ``bits`` sets the code length (256 by default: 32 bytes per vector). With ``rerank=0`` the
-    Hamming order is returned as is, scored by the angle it estimates (cos(pi * h / bits)).
-    """
-
-    kind = "lsh"
-
-    def __init__(self, dim: int, target_recall: float = TARGET_RECALL, **options: object) -> None:
-        super().__init__(dim, target_recall, **options)
-        self.bits = int(options.get("bits", 256))
-        if self.bits % 8:
-            raise VectorIndexError("lsh bits must be a multiple of 8")
-        rng = np.random.default_rng(int(options.get("seed", 0)))
-        self.hyperplanes = rng.standard_normal((self.dim, self.bits)).astype(np.float32)
-        self.params = {"rerank": int(options.get("rerank", 16))}
-
-    def codes(self, vectors: np.ndarray) -> np.ndarray:
-        """The packed sign bits of ``vectors`` against the hyperplanes."""
-        signs = np.asarray(vectors, np.float32) @ self.hyperplanes > 0
-        return np.packbits(signs, axis=1, bitorder="little")
-
-    def _build(self, vectors: np.ndarray) -> faiss.IndexBinary:
-        table = faiss.IndexBinaryFlat(self.bits)
-        for start in range(0, len(vectors), 65_536):
-            table.add(self.codes(vectors[start : start + 65_536]))
-        return table
-
-    def _append(self, vectors: np.ndarray) -> None:
-        self.structure.add(self.codes(vectors))
-
-    def _search(
-        self, queries: np.ndarray, k: int, params: dict | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        rerank = int((params or self.params)["rerank"])
-        search = self._search_parameters(faiss.SearchParameters)
-        candidates = min(max(k, rerank * k), self.structure.ntotal)
-        hamming, positions = self.structure.search(self.codes(queries), candidates, params=search)
-        if rerank == 0:
-            scores = np.cos(np.pi * hamming[:, :k] / self.bits).astype(np.float32)
-            return scores, positions[:, :k]
-        return self._rerank(queries, positions, k)
-
-    def _candidates(self) -> list[dict]:
-        if "rerank" in self.options:  # fixed by the caller
-            return [{"rerank": int(self.options["rerank"])}]
-        return [{"rerank": r} for r in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
-
-    def _write_structure(self, structure: faiss.IndexBinary, path: str) -> None:
-        faiss.write_index_binary(structure, path)
-
-    def _read_structure(self, path: Path, mmap: bool = True) -> faiss.IndexBinary:
-        return faiss.read_index_binary(str(path))
-
-    def _extra_arrays(self) -> dict[str, np.ndarray]:
-        return {"hyperplanes": self.hyperplanes}
-
-    def _load_extra(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        self.hyperplanes = arrays["hyperplanes"]
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row of ``truth`` present in the same row of ``found``.
-
-    Example:
-        >>> recall_at(np.array([[1, 2]]), np.array([[2, 3]]))
-        0.5
-    """
-    hits = sum(
-        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
-        for f, t in zip(found, truth, strict=True)
-    )
-    return hits / max(int((truth >= 0).sum()), 1)
-
-
-def _nlist_for(count: int) -> int:
-    """Inverted lists for ``count`` vectors: about 4 sqrt(n), a power of two (as autofaiss),
-    with at least 39 training vectors per list (k-means needs them)."""
-    wanted = np.log2(4 * np.sqrt(max(count, 1)))
-    fits = np.log2(max(count // 39, 16))
-    return int(2 ** np.clip(min(round(wanted), int(fits)), 4, 16))
-
-
-def _random_rotation(dim: int, seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
-    return (q * np.sign(np.diag(r))).astype(np.float32)
-
-
-def _atomic(path: Path, write: object, suffix: str = "") -> None:
-    """Call ``write(tmp)`` then rename tmp over ``path`` (readers never see half a file)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
-    write(tmp)  # type: ignore[operator]
-    os.replace(tmp, path)
-
-
-def _factory(cls: type[AnnIndex]):
-    def make(dim: int, **options: object) -> AnnIndex:
-        return cls(dim, **options)
-
-    return make
-
-
-register("hnsw", _factory(HnswIndex), HnswIndex.load)
-register("ivf", _factory(IvfIndex), IvfIndex.load)
-register("ivf-pq", _factory(IvfPqIndex), IvfPqIndex.load)
-register("lsh", _factory(LshIndex), LshIndex.load)
-assert create_index  # re-exported for the docstring example

@@ -7,7 +7,8 @@ would cost in time:
 - below ``IVF_MIN``, ``hnsw`` while the graph (about 4 d + 8 M bytes per vector) fits the
   budget: it needs no training and is the fastest there;
 - from ``IVF_MIN``, ``ivf`` (8-bit codes in inverted lists, about d + 17 bytes per vector,
-  then exact re-ranking), the fastest kind at 100k and 1M vectors;
+  then exact re-ranking), the fastest kind at 100k and 1M vectors (docs/benchmarks.md,
+  section ``ann``);
 - beyond the budget, ``ivf-pq`` (about 50 bytes per vector in memory). Both IVF kinds
   memory-map the full vectors for re-ranking from disk.
 
@@ -34,8 +35,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from lookalike.index.ann import REGROW, AnnIndex, _atomic
-from lookalike.index.base import VectorIndex, VectorIndexError, create_index, load_index, register
+from lookalike.errors import VectorIndexError
+from lookalike.fileio import write_json
+from lookalike.index.ann import REGROW, AnnIndex
+from lookalike.index.base import VectorIndex, create_index, load_index, register
 
 #: Exact search up to this many vectors (measured in docs/benchmarks.md, section ``ann``).
 EXACT_MAX = 5_000
@@ -140,7 +143,7 @@ class AutoIndex:
             "memory_budget": self.memory_budget,
             "options": self.options,
         }
-        _atomic(choice_file(path), lambda tmp: Path(tmp).write_text(json.dumps(state)))
+        write_json(choice_file(path), state)
 
     @classmethod
     def load(cls, path: Path) -> AutoIndex:

@@ -1,5 +1,8 @@
 """The VectorIndex protocol and the registry of index kinds.
 
+Each kind registers itself (:func:`register`) in its own module; the built-in ones are named in
+``BUILTIN`` and imported the first time they are asked for, so this module imports none of them.
+
 An index maps int64 ids (the catalogue's image ids) to L2-normalised vectors and answers
 k-nearest-neighbour queries by inner product (= cosine similarity). It is a cache: the catalogue
 holds every vector, so any index can be rebuilt from it.
@@ -13,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -48,6 +52,18 @@ class VectorIndex(Protocol):
         ...
 
 
+#: The built-in kinds and the module that registers each (imported when first needed; milvus
+#: imports pymilvus only when a milvus index is used).
+BUILTIN: dict[str, str] = {
+    "flat": "lookalike.index.faiss_index",
+    "hnsw": "lookalike.index.hnsw",
+    "ivf": "lookalike.index.ivf",
+    "ivf-pq": "lookalike.index.ivf",
+    "lsh": "lookalike.index.lsh",
+    "auto": "lookalike.index.auto",
+    "milvus": "lookalike.index.milvus",
+}
+
 IndexFactory = Callable[..., VectorIndex]
 IndexLoader = Callable[[Path], VectorIndex]
 _FACTORIES: dict[str, IndexFactory] = {}
@@ -68,8 +84,8 @@ def kinds() -> list[str]:
 
 def create_index(kind: str, dim: int, **options: object) -> VectorIndex:
     """A new, empty index of ``kind`` (``"milvus:URI"``: the kind ``milvus`` at ``URI``)."""
-    _import_builtin()
     kind, options = _split_target(kind, options)
+    _import_builtin(kind)
     if kind not in _FACTORIES:
         raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
     return _FACTORIES[kind](dim=dim, **options)
@@ -77,8 +93,8 @@ def create_index(kind: str, dim: int, **options: object) -> VectorIndex:
 
 def load_index(kind: str, path: Path) -> VectorIndex:
     """Read an index of ``kind`` written by its ``save``."""
-    _import_builtin()
     kind = _split_target(kind, {})[0]  # where it lives is in what ``save`` wrote
+    _import_builtin(kind)
     if kind not in _LOADERS:
         raise VectorIndexError(f"unknown index kind {kind!r}; available: {', '.join(kinds())}")
     return _LOADERS[kind](path)
@@ -97,6 +113,9 @@ def _split_target(kind: str, options: dict) -> tuple[str, dict]:
 _TARGETED = {"milvus"}
 
 
-def _import_builtin() -> None:
-    # milvus imports pymilvus only when a milvus index is used
-    from lookalike.index import ann, auto, faiss_index, milvus  # noqa: F401
+def _import_builtin(kind: str | None = None) -> None:
+    """Import the module of a built-in ``kind`` (every built-in one when None) unless the kind
+    is registered already."""
+    for name, module in BUILTIN.items():
+        if (kind is None or name == kind) and name not in _FACTORIES:
+            importlib.import_module(module)

@@ -1,13 +1,22 @@
-"""FAISS indexes. ``flat`` is exact inner-product search (the default)."""
+"""``flat``: exact inner-product search in a FAISS ``IndexFlatIP`` (the default kind), with the
+catalogue's image ids kept by an id map. When it stops being fast enough, and what the
+approximate kinds gain, is in docs/benchmarks.md, section ``ann``.
+
+Example:
+    >>> index = FaissIndex("flat", faiss.IndexIDMap2(faiss.IndexFlatIP(4)))
+    >>> index.add(np.array([7, 9]), np.eye(4, dtype=np.float32)[:2])
+    >>> index.search(np.eye(4, dtype=np.float32)[1:2], k=1)[1].tolist()
+    [[9]]
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from lookalike.fileio import atomic_save
 from lookalike.index.base import register
 
 
@@ -54,9 +63,7 @@ class FaissIndex:
     def save(self, path: Path) -> None:
         """Atomic write: temp file then rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
+        atomic_save(path, lambda tmp: faiss.write_index(self.index, tmp))
 
 
 def _flat(dim: int) -> FaissIndex:

@@ -43,7 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from lookalike.index.base import VectorIndexError, register
+from lookalike.errors import VectorIndexError
+from lookalike.fileio import write_json
+from lookalike.index.base import register
 from lookalike.index.faiss_compat import keep_search_params
 
 KIND = "milvus"
@@ -327,9 +329,7 @@ class MilvusIndex:
                 "count": len(self),
             }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(pointer, indent=1))
-        os.replace(tmp, path)
+        write_json(path, pointer)
 
     @property
     def params(self) -> dict:

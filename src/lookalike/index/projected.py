@@ -2,8 +2,17 @@
 
 The catalogue keeps the full vectors; the index holds them centred and projected on their top
 principal axes (``descriptors.Whitening`` with power 0). On the default descriptor this both
-shrinks the index (2280 -> 256 floats) and raises retrieval quality (docs/benchmarks.md),
-because centring removes what every image shares. Callers add and query full vectors.
+shrinks the index (2280 -> 256 floats) and raises retrieval quality (docs/benchmarks.md, section
+``descriptors``), because centring removes what every image shares. Callers add and query full
+vectors.
+
+Example:
+    >>> from lookalike.index import create_index
+    >>> full = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    >>> index = ProjectedIndex(create_index("flat", dim=4), Whitening.fit(full, 4, 0), 50)
+    >>> index.add(np.arange(50), full)
+    >>> index.search(full[3:4], k=1)[1].tolist()
+    [[3]]
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.descriptors import Whitening
+from lookalike.fileio import atomic_save
 from lookalike.index.base import VectorIndex
 
 
@@ -45,14 +55,16 @@ class ProjectedIndex:
 
     def save(self, path: Path) -> None:
         self.inner.save(path)
-        tmp = projection_file(path).with_name(projection_file(path).name + ".tmp.npz")
-        np.savez(
-            tmp,
-            mean=self.projection.mean,
-            projection=self.projection.projection,
-            fitted_on=np.array(self.fitted_on),
+        atomic_save(
+            projection_file(path),
+            lambda tmp: np.savez(
+                tmp,
+                mean=self.projection.mean,
+                projection=self.projection.projection,
+                fitted_on=np.array(self.fitted_on),
+            ),
+            ".npz",
         )
-        tmp.replace(projection_file(path))
 
 
 def projection_file(index_file: Path) -> Path:
