@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SHARED, table, write_section
 
 from lookalike.models import load_embedder
-from lookalike.train.trainer import (
+from lookalike.train import (
     TrainConfig,
-    _embed_rows,
     backbone_features,
     fit_head,
     load_labelled,
@@ -37,6 +36,7 @@ from lookalike.train.trainer import (
     split_classes,
     validation_split,
 )
+from lookalike.train.loop import embed_rows
 
 OUT = Path(__file__).resolve().parents[1] / "bench-out" / "train"
 
@@ -67,10 +67,10 @@ def run_protocol(
     started = time.perf_counter()
     head, fit = fit_head(train_x, train_labels, cfg, val_mask=val)
     seconds = time.perf_counter() - started
-    trained = _embed_rows(head, torch.from_numpy(x[test]), "cpu")
+    trained = embed_rows(head, torch.from_numpy(x[test]), "cpu")
     # The head's starting point: learned whitening of the training features, no loss yet.
     start = make_head(x.shape[1], 0, cfg.dim, init=(train_x[~val], train_labels[~val]))
-    whitened = _embed_rows(start, torch.from_numpy(x[test]), "cpu")
+    whitened = embed_rows(start, torch.from_numpy(x[test]), "cpu")
     return {
         "frozen": retrieval_metrics(x[test], labels[test]),
         "whitened": retrieval_metrics(whitened, labels[test]),
@@ -93,7 +93,7 @@ def draw_map(x: np.ndarray, labels: np.ndarray, test: np.ndarray, head, name: st
     from lookalike.train.plots import plot_embedding_map
 
     shown = np.isin(labels, np.unique(labels[test])[:10]) & test
-    after = _embed_rows(head, torch.from_numpy(x[shown]), "cpu")
+    after = embed_rows(head, torch.from_numpy(x[shown]), "cpu")
     return plot_embedding_map(x[shown], after, labels[shown], OUT / f"{name}-map.png")
 
 

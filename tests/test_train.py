@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 
 from lookalike.collection import Collection
 from lookalike.models import load_embedder
-from lookalike.train.trainer import (
+from lookalike.train import (
     TrainConfig,
     backbone_features,
     load_labelled,
@@ -79,7 +79,7 @@ def test_model_folder_round_trips(trained, dataset: Path) -> None:
     import torch
 
     from lookalike.models.trained import TrainedEmbedder
-    from lookalike.train.trainer import make_head
+    from lookalike.train import make_head
 
     folder = trained.model_dir
     for name in ("config.json", "head.pt", "head.onnx", "metrics.json", "curves.png"):
@@ -133,7 +133,7 @@ def test_collection_indexes_and_searches_with_trained_model(trained, dataset, tm
 def test_cli_train_eval_prints_before_after(dataset, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from lookalike.cli.app import app
+    from lookalike.cli.application import app
 
     out = tmp_path / "cli-model"
     result = CliRunner().invoke(
@@ -154,7 +154,7 @@ def test_cli_train_eval_prints_before_after(dataset, tmp_path) -> None:
 def test_cli_train_refuses_unknown_loss(dataset, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from lookalike.cli.app import app
+    from lookalike.cli.application import app
 
     result = CliRunner().invoke(
         app, ["train", str(dataset), "--out", str(tmp_path / "m"), "--loss", "nope"]
@@ -183,7 +183,7 @@ def test_splits_and_metrics() -> None:
 
 
 def test_learned_whitening_discounts_within_class_variation() -> None:
-    from lookalike.train.trainer import learned_whitening
+    from lookalike.train import learned_whitening
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(20).astype(str), 10)

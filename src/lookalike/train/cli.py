@@ -1,6 +1,6 @@
 """``lookalike train``: learn an embedding on labelled images, optionally measure it before/after.
 
-Registered in :mod:`lookalike.cli.app` as ``app.command("train")(train_command)``.
+Registered in :mod:`lookalike.cli.application` as ``app.command("train")(train_command)``.
 
 Example:
     $ lookalike train parts/ --out parts-model --epochs 20 --eval
@@ -91,14 +91,14 @@ def train_command(
 ) -> None:
     """Learn a similarity on labelled images (metric learning) and write a model folder."""
     from lookalike.evaluate.datasets import DatasetError
-    from lookalike.train.trainer import (
+    from lookalike.train import (
         TrainConfig,
         TrainError,
         compare,
         load_labelled,
         split_classes,
     )
-    from lookalike.train.trainer import train as run_training
+    from lookalike.train import train as run_training
 
     with errors():
         try:

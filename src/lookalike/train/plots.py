@@ -123,7 +123,7 @@ def gradcam_pair(model_dir: str | Path, query: str | Path, match: str | Path, pa
     from lookalike.images import decode
     from lookalike.models.efficientnet import preprocess, weights_path
     from lookalike.models.trained import read_config
-    from lookalike.train.trainer import make_head
+    from lookalike.train.network import make_head
 
     config = read_config(model_dir)
     if config["mode"] != "head":
