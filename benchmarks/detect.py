@@ -49,7 +49,8 @@ from _report import SHARED, table, write_section
 
 from lookalike.collection import Collection, CollectionError
 from lookalike.detect import photo as detect_module
-from lookalike.detect.photo import detect, iou
+from lookalike.detect.boxes import iou
+from lookalike.detect.photo import detect
 
 BOX_TRUTH = (89, 160, 286, 299)
 WORK = Path(tempfile.gettempdir()) / "lookalike-bench-detect2"
@@ -405,7 +406,8 @@ def available(col: Collection, scene: dict, source: str) -> str:
 def run_video(col: Collection, items: list[Path], work: Path, min_inliers: int) -> dict:
     """Frames per second and detection rate on the GoPro clip with ``items`` pasted in, and
     false items on the clip as it is (no catalogue item in it)."""
-    from lookalike.detect.video import catalogue_matcher, detect_video
+    from lookalike.detect.matcher import catalogue_matcher
+    from lookalike.detect.video import detect_video
 
     catalogue_matcher(col)  # built once per collection, not part of a video's time
     clip = work / "walk-items.mp4"

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from lookalike.cli import app
 from lookalike.collection import Collection
-from lookalike.detect.photo import crop_region, detect, grid_boxes, iou, nms, parse_box
+from lookalike.detect.boxes import crop_region, grid_boxes, iou, nms, parse_box
+from lookalike.detect.photo import detect
 from tests.conftest import skimage_photo
 
 CATALOGUE = ("coffee", "rocket", "astronaut", "hubble_deep_field", "immunohistochemistry")

@@ -18,8 +18,11 @@ from typer.testing import CliRunner
 
 from lookalike.cli import app
 from lookalike.collection import Collection
+from lookalike.detect import matcher as dm
+from lookalike.detect import photo as dp
 from lookalike.detect import video as dv
-from lookalike.detect.photo import detect, iou
+from lookalike.detect.boxes import iou
+from lookalike.detect.photo import detect
 from lookalike.keypoints.verify import extract
 from tests.conftest import skimage_photo
 
@@ -173,7 +176,7 @@ def twice(setup) -> dict:
 )
 def test_one_item_twice_in_a_photo_is_found_twice(setup, twice, whole, monkeypatch):
     if not whole:
-        monkeypatch.setattr(dv, "MATCH_ALL_LIMIT", 0)
+        monkeypatch.setattr(dp, "MATCH_ALL_LIMIT", 0)
     found = detect(setup["col"], twice["path"])
     coffee = [d for d in found if Path(d.best.path).stem == "coffee"]
     assert len(coffee) == 2
@@ -188,29 +191,29 @@ def test_one_item_twice_in_a_photo_is_found_twice(setup, twice, whole, monkeypat
 
 
 def test_matcher_finds_nothing_in_an_unrelated_photo(setup):
-    matcher = dv.catalogue_matcher(setup["col"])
+    matcher = dm.catalogue_matcher(setup["col"])
     assert len(matcher) == len(CATALOGUE)
-    assert dv.catalogue_matcher(setup["col"]) is matcher  # cached per collection state
+    assert dm.catalogue_matcher(setup["col"]) is matcher  # cached per collection state
     unrelated = extract(skimage_photo("chelsea"), max_side=1600, max_features=10_000)
     assert matcher.find(unrelated) == []
     with pytest.raises(ValueError, match="ORB"):
-        dv.CatalogueMatcher({1: extract(skimage_photo("coffee"), "orb")})
+        dm.CatalogueMatcher({1: extract(skimage_photo("coffee"), "orb")})
 
 
 def test_catalogue_keypoints_are_kept_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / "cache"))
     photo = tmp_path / "rocket.jpg"
     skimage_photo("rocket").save(photo, quality=92)
-    first = dv.item_keypoints([str(tmp_path / "gone.jpg"), str(photo)], limit=500)
+    first = dm.item_keypoints([str(tmp_path / "gone.jpg"), str(photo)], limit=500)
     assert first is not None and 100 < len(first) <= 500
     assert len(list((tmp_path / "cache" / "keypoints").rglob("*.npz"))) == 1
-    again = dv.item_keypoints([str(photo)], limit=500)
+    again = dm.item_keypoints([str(photo)], limit=500)
     np.testing.assert_array_equal(again.keypoints, first.keypoints)
     np.testing.assert_allclose(again.descriptors, first.descriptors, atol=2e-3)
     assert again.size == first.size and again.scale == first.scale
     # A changed file is read again, under another name.
     stat = photo.stat()
     os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    dv.item_keypoints([str(photo)], limit=500)
+    dm.item_keypoints([str(photo)], limit=500)
     assert len(list((tmp_path / "cache" / "keypoints").rglob("*.npz"))) == 2
-    assert dv.item_keypoints([str(tmp_path / "gone.jpg")]) is None
+    assert dm.item_keypoints([str(tmp_path / "gone.jpg")]) is None

@@ -25,22 +25,24 @@ from typer.testing import CliRunner
 
 from lookalike.cli import app
 from lookalike.collection import Collection
-from lookalike.detect.detectors import (
-    DetectorError,
+from lookalike.detect.boxes import iou
+from lookalike.detect.detectors import detector_for, load_detector
+from lookalike.detect.photo import detect
+from lookalike.detect.ssd import (
     ObjectronSSD,
-    YoloOnnxDetector,
-    anchor_counts,
     decode_ssd,
-    decode_yolo,
-    detector_for,
     fetch_objectron,
-    letterbox,
-    load_detector,
     objectron_model,
-    read_labels,
     ssd_anchors,
 )
-from lookalike.detect.photo import detect, iou
+from lookalike.detect.yolo import (
+    YoloOnnxDetector,
+    anchor_counts,
+    decode_yolo,
+    letterbox,
+    read_labels,
+)
+from lookalike.errors import DetectorError
 from tests.conftest import skimage_photo
 
 RED = (255, 0, 0)
@@ -306,7 +308,7 @@ def test_ssd_class_filter_threshold_and_errors(ssd, tmp_path, monkeypatch):
     with pytest.raises(DetectorError, match="unknown SSD classes"):
         ObjectronSSD(classes=["giraffe"])
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
-    with pytest.raises(DetectorError, match=r"python -m lookalike\.detectors fetch"):
+    with pytest.raises(DetectorError, match=r"python -m lookalike\.detect\.detectors fetch"):
         ObjectronSSD()
     # A tarball that is not the package, and one whose model is not the expected one.
     (tmp_path / "junk.tgz").write_bytes(b"junk")

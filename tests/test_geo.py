@@ -293,7 +293,7 @@ def test_viterbi_prefers_a_continuous_path() -> None:
 def test_cli_index_video_and_locate(walk: dict, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lookalike.cli.app import app
+    from lookalike.cli.application import app
 
     runner = CliRunner()
     col = str(tmp_path / "col")

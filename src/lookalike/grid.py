@@ -1,4 +1,13 @@
-"""Pictures of results: a query beside its best matches, with scores."""
+"""Pictures of results: a query beside its best matches, with scores.
+
+:func:`render` draws rows of :class:`Tile` s into one image; :func:`search_grid` makes one row
+per query (``lookalike search --grid``); :func:`font` is the caption font, shared with other
+drawings (``lookalike.detect.photo.draw_detections``).
+
+Example:
+    >>> search_grid([("mug.jpg", col.search("mug.jpg"))], "grid.png")  # doctest: +SKIP
+    PosixPath('grid.png')
+"""
 
 from __future__ import annotations
 
@@ -33,12 +42,12 @@ def render(rows: Sequence[Sequence[Tile]], out: str | Path, cell: int = CELL) ->
     height = GAP + len(rows) * (cell + LABEL + GAP)
     canvas = Image.new("RGB", (width, max(height, 1)), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(13)
+    caption = font(13)
     for r, row in enumerate(rows):
         y = GAP + r * (cell + LABEL + GAP)
         for c, tile in enumerate(row):
             x = GAP + c * (cell + GAP)
-            _draw_tile(canvas, draw, font, tile, x, y, cell)
+            _draw_tile(canvas, draw, caption, tile, x, y, cell)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
@@ -85,7 +94,13 @@ def _fit(text: str, font: ImageFont.ImageFont, width: int) -> str:
     return "…" + text
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at ``size`` px (its bitmap font on Pillow < 10.1).
+
+    Example:
+        >>> font(13).getbbox("mug")[3] > 0
+        True
+    """
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1

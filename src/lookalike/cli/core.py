@@ -187,7 +187,7 @@ def search(
     path = collection or default_collection()
     box = None
     if region is not None:
-        from lookalike.detect.photo import parse_box
+        from lookalike.detect.boxes import parse_box
 
         try:
             box = parse_box(region)
@@ -226,7 +226,7 @@ def search(
                 try:
                     query = image
                     if box is not None:
-                        from lookalike.detect.photo import crop_region
+                        from lookalike.detect.boxes import crop_region
                         from lookalike.images import decode
 
                         try:

@@ -71,7 +71,7 @@ def detect_command(
     min_inliers: Annotated[
         int | None,
         typer.Option(
-            help="Keypoint inliers an item needs to be reported [detect.photo.MIN_INLIERS "
+            help="Keypoint inliers an item needs to be reported [detect.matcher.MIN_INLIERS "
             "when the whole catalogue is matched at once, 15 through a shortlist]."
         ),
     ] = None,
@@ -151,7 +151,7 @@ def _detect_video(
 ) -> None:
     """``detect --video``: a JSON line (or a text line) per sampled frame, then the summary."""
     from lookalike.detect.video import detect_video
-    from lookalike.geo.frames import VideoError
+    from lookalike.videos import VideoError
 
     with errors(), Collection.open(path) as col:
         run = detect_video(col, video, every=every, k=k, min_inliers=min_inliers)

@@ -1,31 +1,15 @@
-"""Catalogue items in video frames, over time; and keypoint matching against many catalogue
-images at once (used by photos too).
+"""Catalogue items in video frames, over time.
 
-**Matching the whole catalogue at once.** :class:`CatalogueMatcher` stacks the RootSIFT
-descriptors of many catalogue images (at most :data:`ITEM_FEATURES` each) in one FLANN
-kd-tree. A photo's features are the queries: each keeps its nearest catalogue feature when it
-passes Lowe's ratio test against the nearest feature *of another catalogue image* (Lowe 2004,
-§7.1), and votes for that image. Every image with at least ``min_inliers`` votes gets a
-homography (USAC, as in :mod:`lookalike.keypoints.verify`, fitted at the extraction resolutions); a
-found copy's matches are removed and the fit runs again, so **one item seen several times is
-found each time** (at most :data:`MAX_COPIES`). Inliers are counted once per catalogue
-feature, so many photo features piling onto one catalogue feature do not add up. Matching goes
-photo → catalogue because the other way (``verify``'s) loses every match of an item shown twice:
-its nearest and second-nearest photo features are the two copies, and the ratio test fails.
-
-Used by ``detect(..., proposals="keypoints")`` for collections of at most
-:data:`MATCH_ALL_LIMIT` images (no global-descriptor shortlist, so an item whose crop ranks low
-is still looked for), and by :func:`detect_video` for every frame.
-
-**Video.** :func:`detect_video` decodes a video with PyAV, looks at one frame in ``every``,
-and yields a :class:`FrameDetections` (frame index, time, detections) per sampled frame; its
-``summary`` lists each item with the first and last time it was seen and the frames per second
-achieved. Frames are matched at :data:`FRAME_SIDE` px with at most :data:`FRAME_FEATURES`
+:func:`detect_video` decodes a video with PyAV, looks at one frame in ``every``, and yields a
+:class:`FrameDetections` (frame index, time, detections) per sampled frame; its ``summary``
+lists each item with the first and last time it was seen and the frames per second achieved.
+Each frame goes through :class:`FrameDetector`: the catalogue matcher
+(:mod:`lookalike.detect.matcher`) at :data:`FRAME_SIDE` px with at most :data:`FRAME_FEATURES`
 keypoints; an item found at nearly the same place as in the previous sampled frame keeps that
-frame's catalogue matches and scores (no new embedding), new ones are embedded once. Collections
-larger than :data:`MATCH_ALL_LIMIT` are matched against a shortlist: the
-:data:`SHORTLIST` best hits of the whole frame and its 2x2 tiles in the ``image`` space, renewed
-every :data:`REFRESH` sampled frames, plus the items seen in the previous one.
+frame's catalogue matches and scores (no new embedding), new ones are embedded once.
+Collections larger than ``matcher.MATCH_ALL_LIMIT`` are matched against a shortlist: the
+:data:`SHORTLIST` best hits of the whole frame and its 2x2 tiles in the ``image`` space,
+renewed every :data:`REFRESH` sampled frames, plus the items seen in the previous one.
 
 Measured in ``benchmarks/detect.py`` (section ``detect`` of docs/benchmarks.md).
 
@@ -37,54 +21,38 @@ Example:
     ...     print(frame.index, round(frame.time, 2), [d.best.path for d in frame.detections])
     0 0.0 ['/catalogue/mug.jpg']
     >>> items = run.summary.items  # doctest: +SKIP
-    >>> run.summary.fps, [(i.path, i.first_seen, i.last_seen) for i in items]  # doctest: +SKIP
-    (7.9, [('/catalogue/mug.jpg', 0.0, 4.5)])
+    >>> [(i.path, i.first_seen, i.last_seen) for i in items]  # doctest: +SKIP
+    [('/catalogue/mug.jpg', 0.0, 4.5)]
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from lookalike.detect.photo import MAX_COPIES, MIN_INLIERS, Detection, grid_boxes, iou, nms
-from lookalike.images import ImageError, decode
-from lookalike.keypoints.verify import (
-    INLIER_THRESHOLD,
-    RANSAC_THRESHOLD,
-    RATIO,
-    Features,
-    Verification,
-    _to_original,
-    extract,
-    homography_problem,
-    region_of,
+from lookalike.detect.boxes import Detection, grid_boxes, iou
+from lookalike.detect.matcher import (
+    MATCH_ALL_LIMIT,
+    MAX_COPIES,
+    MIN_INLIERS,
+    CatalogueMatcher,
+    catalogue_hits,
+    catalogue_matcher,
+    rescored,
 )
 from lookalike.keypoints.verify import MIN_INLIERS as PAIR_MIN_INLIERS
+from lookalike.keypoints.verify import extract
+from lookalike.videos import VideoError, open_video
 
 if TYPE_CHECKING:
-    from lookalike.collection import Collection, SearchResult
+    from lookalike.collection import Collection
 
-#: Collections up to this many images are matched whole (one joint index of their keypoints,
-#: about 0.75 MB per image); larger ones through a shortlist from the global descriptor.
-MATCH_ALL_LIMIT = 400
-#: Keypoints kept per catalogue image in the joint index (an even subset of the cached ones).
-ITEM_FEATURES = 1500
-#: FLANN kd-tree: trees and leaves checked per query. On a 100-image catalogue (64k features)
-#: 4 trees / 32 checks find the exact nearest neighbour for 97% of the matches that pass the
-#: ratio test (16 checks: 95%), at 32 ms (19 ms) per 1000 query features on one core; exact
-#: search takes 250 ms.
-FLANN_TREES = 4
-FLANN_CHECKS = 32
 #: Video frames: longest side, keypoint budget and FLANN checks. Measured on 20 shelf scenes
 #: shrunk to 848 px wide (items 124-282 px, a hard case): 640 px and 1000 / 1500 / 2000
 #: keypoints found 73% / 79% / 82% of the items at 70 / 82 / 92 ms of extraction per frame on
@@ -96,314 +64,6 @@ FRAME_CHECKS = 16
 #: Large collections: shortlisted catalogue images per frame, renewed every REFRESH frames.
 SHORTLIST = 24
 REFRESH = 10
-
-
-@dataclass(frozen=True)
-class ItemMatch:
-    """One copy of a catalogue image found in a photo by :meth:`CatalogueMatcher.find`.
-
-    Attributes:
-        id: the catalogue image id.
-        inliers: distinct catalogue keypoints consistent with the homography.
-        matches: the photo's matches to this image (all copies) before fitting.
-        homography: 3x3, catalogue image pixels to photo pixels.
-        region: (x0, y0, x1, y1), the image's mapped corners in the photo, clipped.
-    """
-
-    id: int
-    inliers: int
-    matches: int
-    homography: np.ndarray = field(repr=False)
-    region: tuple[int, int, int, int]
-
-    def verification(self) -> Verification:
-        """The same as ``lookalike.keypoints.verify.Verification`` (verified)."""
-        return Verification(self.inliers, self.matches, self.homography, self.region, True)
-
-
-class CatalogueMatcher:
-    """A joint FLANN index over the keypoints of many catalogue images.
-
-    Example:
-        >>> matcher = CatalogueMatcher({1: extract(mug), 2: extract(box)})  # doctest: +SKIP
-        >>> found = matcher.find(extract(shelf, max_side=1600))  # doctest: +SKIP
-        >>> [(m.id, m.region) for m in found]  # doctest: +SKIP
-        [(1, (412, 80, 690, 371))]
-    """
-
-    def __init__(self, items: Mapping[int, Features], *, item_features: int = ITEM_FEATURES):
-        kept = {i: _subset(f, item_features) for i, f in items.items() if f is not None}
-        kept = {i: f for i, f in kept.items() if len(f) >= 4}
-        methods = {f.method for f in kept.values()}
-        if len(methods) > 1:
-            raise ValueError(f"catalogue features of several kinds: {sorted(methods)}")
-        self.method = methods.pop() if methods else "rootsift"
-        self.features = kept
-        self.ids = np.array(sorted(kept), np.int64)
-        sizes = [len(kept[i]) for i in self.ids]
-        #: For each stacked keypoint: which image (position in ``ids``) and which keypoint.
-        self.owner = np.repeat(np.arange(len(self.ids)), sizes)
-        self.local = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, int)
-        if self.method == "orb":
-            raise ValueError("the catalogue matcher takes SIFT or RootSIFT features, not ORB")
-        self._index = None
-        if sizes:
-            stacked = np.concatenate([kept[i].descriptors for i in self.ids]).astype(np.float32)
-            self._index = cv2.flann_Index(stacked, {"algorithm": 1, "trees": FLANN_TREES})
-            self._stacked = stacked  # FLANN keeps a pointer to it
-        self._lock = threading.Lock()  # one FLANN search at a time
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def find(
-        self,
-        photo: Features,
-        *,
-        min_inliers: int = MIN_INLIERS,
-        max_copies: int = MAX_COPIES,
-        ratio: float = RATIO,
-        checks: int = FLANN_CHECKS,
-    ) -> list[ItemMatch]:
-        """Every copy of every catalogue image found in the photo (``photo``: its features from
-        :func:`lookalike.keypoints.verify.extract`), most inliers first; overlapping finds of
-        different images (near-duplicates in the catalogue) keep the one with the most inliers."""
-        if self._index is None or len(photo) < 4:
-            return []
-        if photo.method != self.method:
-            raise ValueError(f"photo features are {photo.method}, the catalogue's {self.method}")
-        k = min(4, len(self.owner))
-        with self._lock:
-            nearest, distance = self._index.knnSearch(
-                photo.descriptors, k, params={"checks": checks}
-            )
-        nearest = nearest.astype(np.int64)
-        distance = np.sqrt(np.maximum(distance.astype(np.float64), 0))  # FLANN gives squares
-        valid = nearest >= 0
-        owners = np.where(valid, self.owner[np.clip(nearest, 0, None)], -1)
-        # Second neighbour: the nearest one of another image (the k-th one when all k are the
-        # first's own, a stricter bound).
-        other = (owners != owners[:, :1]) & valid
-        second = np.where(other.any(axis=1), other.argmax(axis=1), k - 1)
-        d1 = distance[:, 0]
-        d2 = distance[np.arange(len(distance)), second]
-        keep = valid[:, 0] & (d1 < ratio * d2)
-        query = np.flatnonzero(keep)
-        owner = owners[keep, 0]
-        target = self.local[nearest[keep, 0]]
-        found: list[ItemMatch] = []
-        for position in np.unique(owner):
-            mine = owner == position
-            if np.count_nonzero(mine) < min_inliers:
-                continue
-            image_id = int(self.ids[position])
-            found += self._copies(
-                image_id, photo, query[mine], target[mine], min_inliers, max_copies
-            )
-        found.sort(key=lambda m: -m.inliers)
-        keep_ids = nms([m.region for m in found], [m.inliers for m in found], 0.5)
-        return [found[i] for i in sorted(keep_ids)]
-
-    def _copies(
-        self,
-        image_id: int,
-        photo: Features,
-        photo_idx: np.ndarray,
-        item_idx: np.ndarray,
-        min_inliers: int,
-        max_copies: int,
-    ) -> list[ItemMatch]:
-        item = self.features[image_id]
-        total = len(photo_idx)
-        src_all = ((item.keypoints[item_idx] + 0.5) * item.scale - 0.5).astype(np.float64)
-        dst_all = ((photo.keypoints[photo_idx] + 0.5) * photo.scale - 0.5).astype(np.float64)
-        left = np.ones(total, bool)
-        copies: list[ItemMatch] = []
-        while len(copies) < max_copies and np.count_nonzero(left) >= min_inliers:
-            rows = np.flatnonzero(left)
-            fitted, inlier = _fit(src_all[rows], dst_all[rows])
-            if fitted is None:
-                break
-            inliers = len(np.unique(item_idx[rows[inlier]]))
-            homography = _to_original(fitted, item.scale, photo.scale)
-            problem = homography_problem(homography, item.size, photo.size)
-            region = None if problem else region_of(homography, item.size, photo.size)
-            if problem or region is None or inliers < min_inliers:
-                break
-            copies.append(ItemMatch(image_id, inliers, total, homography, region))
-            # This copy's matches (inliers, and whatever else falls on it) are used up.
-            points = photo.keypoints[photo_idx[rows]]
-            inside = (
-                (points[:, 0] >= region[0])
-                & (points[:, 0] <= region[2])
-                & (points[:, 1] >= region[1])
-                & (points[:, 1] <= region[3])
-            )
-            left[rows[inlier | inside]] = False
-        return copies
-
-
-def _subset(features: Features | None, limit: int) -> Features | None:
-    if features is None or len(features) <= limit:
-        return features
-    keep = np.linspace(0, len(features) - 1, limit).round().astype(int)
-    return replace(
-        features, keypoints=features.keypoints[keep], descriptors=features.descriptors[keep]
-    )
-
-
-def _fit(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """USAC_ACCURATE at verify's thresholds; the inlier mask at the counting threshold."""
-    fitted, mask = cv2.findHomography(
-        src, dst, cv2.USAC_ACCURATE, RANSAC_THRESHOLD, maxIters=10_000, confidence=0.999
-    )
-    if fitted is None or mask is None or not np.all(np.isfinite(fitted)):
-        return None, np.zeros(len(src), bool)
-    projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2), fitted).reshape(-1, 2)
-    return fitted, np.linalg.norm(projected - dst, axis=1) <= INLIER_THRESHOLD
-
-
-# -- catalogue keypoints, kept on disk ---------------------------------------------------------
-#: Bumped when the stored keypoints would change (extraction settings, file layout).
-KEYPOINTS_VERSION = 1
-
-
-def keypoint_cache_dir() -> Path:
-    """Where catalogue keypoints are kept: ``$LOOKALIKE_CACHE/keypoints`` or the user cache's
-    (one small ``.npz`` per file version; safe to delete)."""
-    from lookalike.models.efficientnet import cache_dir
-
-    return cache_dir() / "keypoints"
-
-
-def item_keypoints(paths: Sequence[str], limit: int = ITEM_FEATURES) -> Features | None:
-    """RootSIFT keypoints of a catalogue image: its first readable file, decoded like
-    ``detect``'s candidates (longest side 1024) with at most ``limit`` keypoints (the
-    strongest). Read from the disk cache when that file (path, size, mtime) was seen before,
-    else extracted and stored (descriptors as float16: half the space, same matches)."""
-    for path in paths:
-        try:
-            stat = os.stat(path)
-        except OSError:
-            continue
-        key = f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{limit}"
-        key += f"\0rootsift\0{KEYPOINTS_VERSION}"
-        name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ".npz"
-        cached = keypoint_cache_dir() / name[:2] / name
-        try:
-            with np.load(cached) as data:
-                return Features(
-                    data["keypoints"],
-                    data["descriptors"].astype(np.float32),
-                    (int(data["size"][0]), int(data["size"][1])),
-                    float(data["scale"]),
-                    "rootsift",
-                )
-        except (OSError, ValueError, KeyError):
-            pass
-        try:
-            features = extract(decode(path, min_side=1024), max_features=limit)
-        except (ImageError, OSError):
-            continue
-        _store(cached, features)
-        return features
-    return None
-
-
-def _store(target: Path, features: Features) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}.{threading.get_ident()}.npz")
-        np.savez(
-            tmp,
-            keypoints=features.keypoints.astype(np.float32),
-            descriptors=features.descriptors.astype(np.float16),
-            size=np.array(features.size, np.int64),
-            scale=np.float64(features.scale),
-        )
-        os.replace(tmp, target)  # readers never see half a file
-    except OSError:
-        pass  # a read-only cache only costs the extraction next time
-
-
-# -- matchers per collection -------------------------------------------------------------------
-_MATCHERS: dict[tuple, CatalogueMatcher] = {}
-_MATCHERS_LOCK = threading.Lock()
-
-
-def catalogue_matcher(
-    col: Collection, ids: Sequence[int] | None = None, *, item_features: int = ITEM_FEATURES
-) -> CatalogueMatcher:
-    """The (cached) matcher over ``ids``, or over the whole collection when None. Catalogue
-    keypoints come from :func:`item_keypoints` (kept on disk); the matcher is rebuilt when
-    the collection changes.
-
-    Raises:
-        ValueError: ``ids`` is None and the collection holds more than MATCH_ALL_LIMIT images.
-    """
-    generation = col.catalogue.generation()
-    key = (str(col.path), generation, None if ids is None else tuple(sorted(ids)), item_features)
-    with _MATCHERS_LOCK:
-        cached = _MATCHERS.get(key)
-    if cached is not None:
-        return cached
-    if ids is None:
-        if len(col) > MATCH_ALL_LIMIT:
-            raise ValueError(
-                f"{col.path} holds {len(col)} images; matching all at once is limited to "
-                f"{MATCH_ALL_LIMIT}: pass a shortlist of ids"
-            )
-        records = list(col.records())
-    else:
-        records = [r for r in col.catalogue.images(sorted(set(ids))) if r is not None]
-    features = {r.id: item_keypoints(r.paths or (r.path,), item_features) for r in records}
-    matcher = CatalogueMatcher(features, item_features=item_features)
-    with _MATCHERS_LOCK:
-        if ids is None:  # a whole-catalogue matcher replaces older ones of this collection
-            for old in [k for k in _MATCHERS if k[0] == key[0] and k[2] is None]:
-                del _MATCHERS[old]
-        elif len(_MATCHERS) >= 8:  # shortlists change: keep a few
-            del _MATCHERS[next(iter(_MATCHERS))]
-        _MATCHERS[key] = matcher
-    return matcher
-
-
-def match_catalogue(
-    col: Collection,
-    features: Features,
-    *,
-    min_inliers: int = MIN_INLIERS,
-    max_copies: int = MAX_COPIES,
-) -> list[tuple[SearchResult, Verification]]:
-    """Every catalogue image found in a photo (its ``features``), as (hit, verification)
-    pairs like ``detect``'s keypoint localisation; the hit's score is 0 until re-scored.
-
-    Raises:
-        ValueError: the collection holds more than MATCH_ALL_LIMIT images.
-    """
-    found = catalogue_matcher(col).find(features, min_inliers=min_inliers, max_copies=max_copies)
-    return [(hit, m.verification()) for hit, m in zip(_hits(col, found), found, strict=True)]
-
-
-def _hits(col: Collection, found: Sequence[ItemMatch]) -> list[SearchResult]:
-    from lookalike.collection import SearchResult
-
-    records = {r.id: r for r in col.catalogue.images(sorted({m.id for m in found})) if r}
-    return [
-        SearchResult(
-            id=m.id,
-            path=records[m.id].path,
-            score=0.0,
-            paths=records[m.id].paths,
-            width=records[m.id].width,
-            height=records[m.id].height,
-            metadata=records[m.id].metadata,
-            verified=True,
-            inliers=m.inliers,
-            region=m.region,
-        )
-        for m in found
-    ]
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -470,7 +130,7 @@ class FrameDetector:
             max_copies=self.max_copies,
             checks=FRAME_CHECKS,
         )
-        hits = _hits(self.col, found)
+        hits = catalogue_hits(self.col, found)
         detections: list[Detection | None] = []
         fresh: list[int] = []
         for hit, m in zip(hits, found, strict=True):
@@ -497,7 +157,7 @@ class FrameDetector:
             rows = self.col.search_vectors(vectors, self.k, expand=0)
             for i, vector, row in zip(fresh, vectors, rows, strict=True):
                 m, hit = found[i], hits[i]
-                own = _rescored(self.col, hit, vector)
+                own = rescored(self.col, hit, vector)
                 matches = [own, *(r for r in row if r.id != m.id)][: self.k]
                 detections[i] = Detection(
                     m.region, matches, "keypoints", True, m.inliers, m.homography
@@ -505,12 +165,6 @@ class FrameDetector:
         result = [d for d in detections if d is not None]
         self._previous = result
         return result
-
-
-def _rescored(col: Collection, hit: SearchResult, vector: np.ndarray) -> SearchResult:
-    stored = col.catalogue.vectors("image", [hit.id])
-    score = float(col.project(vector[None])[0] @ col.project(stored)[0])
-    return replace(hit, score=score)
 
 
 # -- video -------------------------------------------------------------------------------------
@@ -623,10 +277,8 @@ class VideoDetection:
         self._items: dict[int, VideoItem] = {}
 
     def __iter__(self) -> Iterator[FrameDetections]:
-        from lookalike.geo.frames import VideoError, _open
-
         summary = self.summary
-        container = _open(self.video)  # FileNotFoundError / VideoError with a clear message
+        container = open_video(self.video)  # FileNotFoundError / VideoError with a clear message
         start, cpu = time.perf_counter(), time.process_time()
         try:
             with container:
@@ -690,7 +342,7 @@ def detect_video(
     score 0): faster when only boxes and identities matter.
 
     Raises (while iterating):
-        FileNotFoundError: no such file; lookalike.geo.frames.VideoError: it cannot be decoded.
+        FileNotFoundError: no such file; lookalike.errors.VideoError: it cannot be decoded.
 
     Example:
         >>> run = detect_video(col, "aisle.mp4", every=5)  # doctest: +SKIP

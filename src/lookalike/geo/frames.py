@@ -26,6 +26,7 @@ from PIL import Image
 
 from lookalike.errors import VideoError
 from lookalike.geo.tracks import Track, TrackError, photo_metadata
+from lookalike.videos import open_video
 
 if TYPE_CHECKING:
     from lookalike.collection import Collection, IndexReport
@@ -62,7 +63,7 @@ def video_info(video: str | Path) -> dict:
     """Duration (s), frame rate and frame count of a video's first video stream."""
     import av
 
-    container = _open(video)
+    container = open_video(video)
     with container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0)
@@ -92,7 +93,7 @@ def iter_frames(
     """
     if every_metres is not None and track is None:
         raise ValueError("every_metres needs a track")
-    container = _open(video)
+    container = open_video(video)
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-parallel decoding: about 2x on 2 cores
@@ -126,22 +127,6 @@ def iter_frames(
             if type(exc).__module__.startswith("av"):
                 raise VideoError(f"cannot decode {video}: {exc}") from None
             raise
-
-
-def _open(video: str | Path):
-    import av
-
-    path = Path(video).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no such video: {path}")
-    try:
-        container = av.open(str(path))
-    except Exception as exc:
-        raise VideoError(f"cannot open video {path}: {exc}") from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{path} has no video stream")
-    return container
 
 
 def frame_name(t: float) -> str:

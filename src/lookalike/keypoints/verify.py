@@ -315,10 +315,11 @@ def verify(
     # Fit at the extraction resolution so the pixel threshold means the same for every size.
     src = ((q.keypoints[pairs[:, 0]] + 0.5) * q.scale - 0.5).astype(np.float64)
     dst = ((c.keypoints[pairs[:, 1]] + 0.5) * c.scale - 0.5).astype(np.float64)
-    fitted, inliers = _fit(src, dst, ransac_threshold, inlier_threshold)
+    fitted, mask = fit_homography(src, dst, ransac_threshold, inlier_threshold)
     if fitted is None:
         return Verification(0, len(pairs), None, None, False, "no homography found")
-    homography = _to_original(fitted, q.scale, c.scale)
+    inliers = int(np.count_nonzero(mask))
+    homography = to_original_pixels(fitted, q.scale, c.scale)
     problem = homography_problem(homography, q.size, c.size)
     region = None if problem else region_of(homography, q.size, c.size)
     if not problem and region is None:
@@ -328,9 +329,22 @@ def verify(
     return Verification(inliers, len(pairs), homography, region, not problem, problem)
 
 
-def _fit(
-    src: np.ndarray, dst: np.ndarray, threshold: float, count_threshold: float
-) -> tuple[np.ndarray | None, int]:
+def fit_homography(
+    src: np.ndarray,
+    dst: np.ndarray,
+    threshold: float = RANSAC_THRESHOLD,
+    count_threshold: float = INLIER_THRESHOLD,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The homography mapping ``src`` points onto ``dst`` (both (N, 2), working-resolution
+    pixels), fitted by USAC_ACCURATE at ``threshold``, and the inlier mask at
+    ``count_threshold``; (None, all False) when no homography is found.
+
+    Example:
+        >>> src = np.array([[0, 0], [100, 0], [100, 80], [0, 80], [50, 40]], np.float64)
+        >>> fitted, inliers = fit_homography(src, src + 10)
+        >>> fitted.round(3)[:, 2].tolist(), int(inliers.sum())
+        ([10.0, 10.0, 1.0], 5)
+    """
     # USAC_ACCURATE (GC-RANSAC local optimisation) at a tight threshold picks the dominant
     # plane; a looser one (or MAGSAC++'s soft scoring) blends near-coplanar structures, which
     # put graf's corners 7-9 px off. Inliers are then counted with some slack for noisy copies.
@@ -338,13 +352,22 @@ def _fit(
         src, dst, cv2.USAC_ACCURATE, threshold, maxIters=10_000, confidence=0.999
     )
     if fitted is None or mask is None or not np.all(np.isfinite(fitted)):
-        return None, 0
+        return None, np.zeros(len(src), bool)
     projected = cv2.perspectiveTransform(src.reshape(-1, 1, 2).astype(np.float64), fitted)
     errors = np.linalg.norm(projected.reshape(-1, 2) - dst, axis=1)
-    return fitted, int(np.count_nonzero(errors <= count_threshold))
+    return fitted, errors <= count_threshold
 
 
-def _to_original(fitted: np.ndarray, q_scale: float, c_scale: float) -> np.ndarray:
+def to_original_pixels(fitted: np.ndarray, q_scale: float, c_scale: float) -> np.ndarray:
+    """A homography fitted at the extraction resolutions (query features scaled by
+    ``q_scale``, candidate features by ``c_scale``: :attr:`Features.scale`) as one between the
+    original images' pixels.
+
+    Example:
+        >>> to_original_pixels(np.eye(3), 1.0, 1.0).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+
     # x_work = s * (x + 0.5) - 0.5, so conjugate the working-resolution H by that affine map.
     def affine(s: float) -> np.ndarray:
         return np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5], [0, 0, 1]], np.float64)
