@@ -309,6 +309,48 @@ def test_hardening(tmp_path, embedder, photos):
             assert r.status_code == 400 and r.json()["error"], body
 
 
+def test_busy_collection_answers_409_with_retry_after(tmp_path, embedder, photos):
+    """Another writer (the CLI, say) holding the collection for longer than the server waits:
+    409 with Retry-After, and the same request works once it lets go. Any other collection
+    error (here a damaged manifest) is a 500 that says what is wrong, never a 409."""
+    from lookalike.collection.lock import WriteLock
+
+    data = tmp_path / "data"
+    with TestClient(make_app(data, embedder, write_wait_seconds=0.3)) as client:
+        catalog = new_catalog(client)
+        folder = data / "catalogs" / catalog
+        with WriteLock(folder):
+            r = upload(client, catalog, {"coffee": photos["coffee"]})
+            assert r.status_code == 409, r.text
+            assert int(r.headers["retry-after"]) > 0
+            error = r.json()["error"]
+            assert "another lookalike process" in error and catalog in error
+            assert str(data) not in error  # the server's folders are not the caller's business
+            r = upload(client, catalog, {"coffee": photos["coffee"]}, wait="false")
+            assert r.status_code == 202
+            for _ in range(100):
+                job = client.get(r.json()["status"], headers=auth(ADMIN)).json()
+                if job["state"] in ("done", "failed"):
+                    break
+                time.sleep(0.1)
+            assert job["state"] == "failed"
+            assert "another lookalike process" in job["result"]["error"]
+        r = upload(client, catalog, {"coffee": photos["coffee"]})
+        assert r.status_code == 200, r.text
+        image = f"/catalogs/{catalog}/images/{r.json()['images'][0]['id']}"
+        with WriteLock(folder):
+            r = client.delete(image, headers=auth(ADMIN))
+            assert r.status_code == 409 and "retry-after" in r.headers
+        assert client.get(image, headers=auth(ADMIN)).status_code == 200
+
+        (folder / "manifest.json").write_text("{damaged")
+        r = client.get(f"/catalogs/{catalog}", headers=auth(ADMIN))
+        assert r.status_code == 500, r.text
+        error = r.json()["error"]
+        assert "damaged" in error and catalog in error and str(data) not in error
+        assert "retry-after" not in r.headers
+
+
 def test_writes_from_several_workers_are_never_lost(tmp_path, embedder):
     """Two app instances on one data folder stand for two worker processes: each holds its own
     Collections; uploads from many threads through both are all kept, and each sees the

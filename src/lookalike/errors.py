@@ -107,7 +107,7 @@ class DetectorError(LookalikeError, RuntimeError):
 
 
 class ServerError(LookalikeError):
-    """The REST server's own errors; each maps to one HTTP status (lookalike.server.app)."""
+    """The REST server's own errors; each maps to one HTTP status (lookalike.server.errors)."""
 
 
 class NotFoundError(ServerError, LookupError):

@@ -36,13 +36,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from lookalike.collection import Collection, CollectionError, SearchResult
-from lookalike.errors import BadRequestError, NotFoundError, UnavailableError
+from lookalike.collection import Collection, SearchResult
+from lookalike.errors import (
+    BadRequestError,
+    BusyError,
+    CollectionError,
+    NotFoundError,
+    UnavailableError,
+)
 from lookalike.images import ImageError, decode, thumbnail
 from lookalike.ingest.files import content_hash
 from lookalike.models import Embedder, ModelError
 from lookalike.server.config import ServerConfig
 from lookalike.server.db import ServerDB
+from lookalike.server.shapes import clip_box, crop, hit_json, image_json, matches, record_json
 from lookalike.server.storage import Storage
 
 CATALOG_ID = re.compile(r"^c_[0-9a-f]{12}$")
@@ -158,7 +165,12 @@ class Catalogs:
                     col = Collection.open(folder, embedder=self._embedder_unlocked(entry["model"]))
                 except CollectionError:
                     cache.pop(catalog_id, None)
-                    raise NotFoundError("no such catalogue") from None
+                    gone = not (folder / "manifest.json").exists() or not self.db.catalog(
+                        catalog_id
+                    )
+                    if gone:  # deleted meanwhile
+                        raise NotFoundError("no such catalogue") from None
+                    raise  # there, but unusable as stored (damaged, a newer format...)
                 cache[catalog_id] = col
                 self._stamps[key] = stamp  # a change during the open reopens next time
             return col
@@ -289,14 +301,15 @@ class Catalogs:
                     results[item.index] = {"index": item.index, "id": image_id}
 
     def _retry_busy(self, write: Callable[[], object]):
-        """Run a collection write, waiting while another process (e.g. the CLI) holds it."""
+        """Run a collection write, waiting while another process (e.g. the CLI) holds it; after
+        ``write_wait_seconds`` the :class:`BusyError` goes up (the API answers 409)."""
         deadline = time.monotonic() + self.config.write_wait_seconds
         delay = 0.05
         while True:
             try:
                 return write()
-            except CollectionError as exc:
-                if "another lookalike process" not in str(exc) or time.monotonic() > deadline:
+            except BusyError:
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -465,11 +478,11 @@ class Catalogs:
                 seen.add(other["id"])
                 found = record(other["id"])
                 if found is not None:
-                    others.append({"score": other["score"], **_record_json(catalog_id, found)})
+                    others.append({"score": other["score"], **record_json(catalog_id, found)})
             original = record(group.original_id)
             if others and original is not None:
                 others.sort(key=lambda o: -o["score"])
-                groups.append({"original": _record_json(catalog_id, original), "others": others})
+                groups.append({"original": record_json(catalog_id, original), "others": others})
         groups.sort(key=lambda g: (-len(g["others"]), -g["others"][0]["score"]))
         spec = col.spaces()[COPY_SPACE]
         return {
@@ -520,7 +533,7 @@ class Catalogs:
         width, height = photo.size
         items = []
         for item in found:
-            x0, y0, x1, y1 = _clip(item.box, width, height)
+            x0, y0, x1, y1 = clip_box(item.box, width, height)
             score = float(item.score) if item.matches else math.nan
             items.append(
                 {
@@ -555,67 +568,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return info.st_mtime_ns, info.st_ino
-
-
-def _clip(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = (round(float(v)) for v in box)
-    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
-    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
-    return x0, y0, x1, y1
-
-
-def _record_json(catalog_id: str, record) -> dict:
-    return image_json(catalog_id, record.id, record.width, record.height, record.metadata)
-
-
-def crop(image: Image.Image, region: Sequence[float]) -> Image.Image:
-    """The part of ``image`` inside ``region`` = (x, y, width, height) as fractions of its size."""
-    if len(region) != 4:
-        raise BadRequestError("region is x,y,width,height as fractions of the image (0..1)")
-    x, y, w, h = (float(v) for v in region)
-    if not all(0 <= v <= 1 for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise BadRequestError("region values must be fractions of the image in 0..1")
-    width, height = image.size
-    box = (
-        round(x * width),
-        round(y * height),
-        round(min(1.0, x + w) * width),
-        round(min(1.0, y + h) * height),
-    )
-    if box[2] - box[0] < 8 or box[3] - box[1] < 8:
-        raise BadRequestError("region is too small (under 8 pixels)")
-    return image.crop(box)
-
-
-def matches(metadata: dict, filters: dict) -> bool:
-    """Every filter key equals the metadata value (or is one of them when it is a list)."""
-    for key, wanted in filters.items():
-        value = metadata.get(key)
-        if isinstance(value, list) and not isinstance(wanted, list):
-            if wanted not in value:
-                return False
-        elif value != wanted:
-            return False
-    return True
-
-
-def image_json(catalog_id: str, image_id: int, width: int, height: int, metadata: dict) -> dict:
-    base = f"/catalogs/{catalog_id}/images/{image_id}"
-    return {
-        "id": image_id,
-        "width": width,
-        "height": height,
-        "metadata": metadata,
-        "thumbnail": f"{base}/thumbnail",
-        "original": f"{base}/original",
-    }
-
-
-def hit_json(catalog_id: str, hit: SearchResult) -> dict:
-    return {
-        "score": round(float(hit.score), 6),
-        **image_json(catalog_id, hit.id, hit.width, hit.height, hit.metadata),
-    }
 
 
 def _original_key(catalog_id: str, digest: str) -> str:

@@ -1,0 +1,211 @@
+"""The ``images`` routes: add images to a catalogue (files or URLs, small uploads at once and
+large ones as a job), poll jobs, list, read and delete images, their thumbnails and originals.
+
+Example:
+    $ curl -s -X POST localhost:8000/catalogs/c_…/images -H "Authorization: Bearer $KEY" \\
+        -F files=@a.jpg -F files=@b.jpg -F 'metadata=[{"sku": "A-1"}, {"sku": "B-2"}]'
+    $ curl -s localhost:8000/catalogs/c_…/images/7/thumbnail -H "Authorization: Bearer $KEY"
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from lookalike.server.auth import Caller, ServerCatalogs, readable, writable
+from lookalike.server.bodies import fetch_image, json_body
+from lookalike.server.catalogs import Upload
+from lookalike.server.config import ServerConfig
+from lookalike.server.errors import ApiError
+from lookalike.server.jobs import Progress, start_job
+
+router = APIRouter()
+#: An image id in a path: what the catalogue can hold.
+IMAGE_ID = PathParam(ge=0, le=2**62)
+
+IMAGES_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON: one object for every file, or a list of "
+                            "objects, one per file",
+                        },
+                    },
+                    "required": ["files"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "url": {"type": "string"},
+                                    "metadata": {"type": "object"},
+                                },
+                                "required": ["url"],
+                            },
+                        }
+                    },
+                    "required": ["images"],
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@router.post("/catalogs/{catalog_id}/images", tags=["images"], openapi_extra=IMAGES_BODY)
+async def add_images(
+    catalog_id: str,
+    request: Request,
+    who: Caller,
+    catalogs: ServerCatalogs,
+    wait: Annotated[bool | None, Query(description="wait for indexing (else a job)")] = None,
+) -> JSONResponse:
+    """Add images (multipart files, or JSON URLs), each with optional metadata.
+
+    Small uploads answer when indexed (200); large ones, or ``wait=false``, answer 202 with
+    a job to poll at ``/jobs/{id}``.
+    """
+    config = catalogs.config
+    writable(catalogs, catalog_id, who)
+    uploads = await read_uploads(request, config)
+    if not uploads:
+        raise ApiError(400, "no images given")
+    as_job = (wait is False) or (wait is None and len(uploads) > config.job_threshold)
+    if as_job:
+
+        def work(progress: Progress) -> tuple[int, dict]:
+            results = catalogs.add_uploads(catalog_id, uploads, progress=progress)
+            added = sum("id" in r for r in results)
+            return len(uploads), {"images": results, "added": added}
+
+        return start_job(catalogs, catalog_id, len(uploads), work, "upload")
+    results = await run_in_threadpool(catalogs.add_uploads, catalog_id, uploads)
+    added = [r for r in results if "id" in r]
+    status = 200 if added else 400
+    body: dict = {"images": results, "added": len(added)}
+    if not added:
+        body["error"] = "no image could be added: " + "; ".join(
+            r.get("error", "") for r in results[:3]
+        )
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/jobs/{job_id}", tags=["images"])
+def get_job(job_id: str, who: Caller, catalogs: ServerCatalogs) -> dict:
+    job = catalogs.db.job(job_id)
+    if job is None or not who.can_read(job["catalog"]):
+        raise ApiError(404, "no such job")
+    return job
+
+
+@router.get("/catalogs/{catalog_id}/images", tags=["images"])
+def list_images(
+    catalog_id: str,
+    who: Caller,
+    catalogs: ServerCatalogs,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict:
+    readable(catalogs, catalog_id, who)
+    return catalogs.list_images(catalog_id, offset, limit)
+
+
+@router.get("/catalogs/{catalog_id}/images/{image_id}", tags=["images"])
+def get_image(
+    catalog_id: str, image_id: Annotated[int, IMAGE_ID], who: Caller, catalogs: ServerCatalogs
+) -> dict:
+    readable(catalogs, catalog_id, who)
+    return catalogs.image(catalog_id, image_id)
+
+
+@router.delete("/catalogs/{catalog_id}/images/{image_id}", status_code=204, tags=["images"])
+def delete_image(
+    catalog_id: str, image_id: Annotated[int, IMAGE_ID], who: Caller, catalogs: ServerCatalogs
+) -> Response:
+    writable(catalogs, catalog_id, who)
+    catalogs.delete_image(catalog_id, image_id)
+    return Response(status_code=204)
+
+
+@router.get("/catalogs/{catalog_id}/images/{image_id}/thumbnail", tags=["images"])
+def get_thumbnail(
+    catalog_id: str, image_id: Annotated[int, IMAGE_ID], who: Caller, catalogs: ServerCatalogs
+) -> Response:
+    readable(catalogs, catalog_id, who)
+    data, mime = catalogs.blob(catalog_id, image_id, "thumbnail")
+    return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/catalogs/{catalog_id}/images/{image_id}/original", tags=["images"])
+def get_original(
+    catalog_id: str, image_id: Annotated[int, IMAGE_ID], who: Caller, catalogs: ServerCatalogs
+) -> Response:
+    readable(catalogs, catalog_id, who)
+    data, mime = catalogs.blob(catalog_id, image_id, "original")
+    return Response(data, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def read_uploads(request: Request, config: ServerConfig) -> list[Upload]:
+    """Images from a multipart form (``files`` + ``metadata``) or JSON ``{"images": [...]}``."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=config.max_files_per_request, max_part_size=1024 * 1024)
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        metadata = metadata_list(form.get("metadata"), len(files))
+        uploads = []
+        for file, meta in zip(files, metadata, strict=True):
+            data = await file.read(config.max_upload_bytes + 1)
+            if len(data) > config.max_upload_bytes:
+                raise ApiError(413, f"a file is larger than {config.max_upload_bytes:,} bytes")
+            uploads.append(Upload(data, meta))
+        return uploads
+    if kind.startswith("application/json"):
+        body = await json_body(request)
+        items = body.get("images") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > config.max_files_per_request:
+            raise ApiError(400, 'JSON body must be {"images": [{"url": ..., "metadata": {}}]}')
+        uploads = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+                raise ApiError(400, "each image needs a url")
+            meta = item.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise ApiError(400, "metadata must be an object")
+            data = await run_in_threadpool(fetch_image, item["url"], config)
+            uploads.append(Upload(data, meta))
+        return uploads
+    raise ApiError(415, "send multipart/form-data files or a JSON body")
+
+
+def metadata_list(raw: object, count: int) -> list[dict]:
+    """The ``metadata`` form field: one JSON object for every file, or a list, one per file."""
+    if raw is None or raw == "":
+        return [{} for _ in range(count)]
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return [dict(value) for _ in range(count)]
+    if isinstance(value, list) and len(value) == count and all(isinstance(v, dict) for v in value):
+        return value
+    raise ApiError(400, "metadata must be a JSON object, or a list of objects, one per file")

@@ -1,0 +1,123 @@
+"""The search route: the images of a catalogue most like a query image (an upload or a URL,
+optionally a region of it) or a text, filtered by metadata.
+
+Example:
+    $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
+        -F file=@photo.jpg -F k=5 -F region=0.25,0.1,0.5,0.6 -F 'filters={"tags": "red"}'
+    $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
+        -H 'content-type: application/json' -d '{"text": "a red bus", "k": 5}'
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from lookalike.server.auth import Caller, ServerCatalogs, readable
+from lookalike.server.bodies import fetch_image, int_field, json_body, parse_field, read_file
+from lookalike.server.config import ServerConfig
+from lookalike.server.errors import ApiError
+
+router = APIRouter()
+
+SEARCH_FIELDS = {
+    "k": {"type": "integer", "minimum": 1, "maximum": 200, "default": 10},
+    "text": {"type": "string"},
+    "url": {"type": "string"},
+    "filters": {"description": 'metadata filters, e.g. {"brand": "acme"}'},
+    "region": {"description": "x,y,width,height as fractions of the query image"},
+}
+SEARCH_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **{k: v for k, v in SEARCH_FIELDS.items() if k not in ("filters",)},
+                        "filters": {"type": "string", "description": "JSON object"},
+                        "region": {"type": "string", "description": "x,y,w,h in 0..1"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        **SEARCH_FIELDS,
+                        "filters": {"type": "object"},
+                        "region": {"type": "array", "items": {"type": "number"}},
+                    },
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@router.post("/catalogs/{catalog_id}/search", tags=["search"], openapi_extra=SEARCH_BODY)
+async def search(catalog_id: str, request: Request, who: Caller, catalogs: ServerCatalogs) -> dict:
+    """Images most like a query image (upload or URL, optionally a region) or a text."""
+    config = catalogs.config
+    readable(catalogs, catalog_id, who)
+    query = await read_search(request, config)
+    if query["url"] and query["image"] is None:
+        query["image"] = await run_in_threadpool(fetch_image, query["url"], config)
+    results = await run_in_threadpool(
+        lambda: catalogs.search(
+            catalog_id,
+            image=query["image"],
+            text=query["text"],
+            k=query["k"],
+            filters=query["filters"],
+            region=query["region"],
+        )
+    )
+    return {"results": results}
+
+
+async def read_search(request: Request, config: ServerConfig) -> dict:
+    """The query of a search (multipart ``file`` and fields, or JSON), checked."""
+    kind = request.headers.get("content-type", "")
+    query: dict = {"image": None, "url": None, "text": None, "k": 10, "filters": None}
+    query["region"] = None
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_part_size=1024 * 1024)
+        file = form.get("file")
+        if isinstance(file, UploadFile):
+            query["image"] = await read_file(file, config)
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        for name in ("filters", "region"):
+            if fields.get(name):
+                fields[name] = parse_field(name, fields[name])
+    elif kind.startswith("application/json"):
+        fields = await json_body(request)
+        if not isinstance(fields, dict):
+            raise ApiError(400, "the JSON body must be an object")
+    else:
+        raise ApiError(415, "send multipart/form-data or JSON")
+    for name in ("url", "text"):
+        value = fields.get(name)
+        if value not in (None, ""):
+            if not isinstance(value, str) or len(value) > 2000:
+                raise ApiError(400, f"{name} must be a string")
+            query[name] = value
+    query["k"] = int_field(fields.get("k", 10))
+    filters = fields.get("filters")
+    if filters not in (None, ""):
+        if not isinstance(filters, dict):
+            raise ApiError(400, 'filters must be an object such as {"brand": "acme"}')
+        query["filters"] = filters
+    region = fields.get("region")
+    if region not in (None, ""):
+        if not isinstance(region, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in region
+        ):
+            raise ApiError(400, "region must be [x, y, width, height] fractions")
+        query["region"] = region
+    if query["image"] is None and query["url"] is None and query["text"] is None:
+        raise ApiError(400, "give an image file, an image url or a text")
+    return query

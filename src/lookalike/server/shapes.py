@@ -1,0 +1,84 @@
+"""Between the API's shapes and the Collection's: images and hits as API JSON (ids and URLs,
+never file paths), query regions cropped from fractions, metadata filters, detected boxes
+clipped to the photo.
+
+Example:
+    >>> image_json("c_0123456789ab", 7, 640, 480, {"sku": "A-1"})["thumbnail"]
+    '/catalogs/c_0123456789ab/images/7/thumbnail'
+    >>> matches({"tags": ["red", "shoe"]}, {"tags": "red"})
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image
+
+from lookalike.collection import SearchResult
+from lookalike.errors import BadRequestError
+
+
+def clip_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """A box (x0, y0, x1, y1) in whole pixels inside a width x height image."""
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    x0, x1 = sorted((min(max(x0, 0), width), min(max(x1, 0), width)))
+    y0, y1 = sorted((min(max(y0, 0), height), min(max(y1, 0), height)))
+    return x0, y0, x1, y1
+
+
+def record_json(catalog_id: str, record) -> dict:
+    """A stored image (an ``ImageRecord``) as the API shows it."""
+    return image_json(catalog_id, record.id, record.width, record.height, record.metadata)
+
+
+def crop(image: Image.Image, region: Sequence[float]) -> Image.Image:
+    """The part of ``image`` inside ``region`` = (x, y, width, height) as fractions of its size."""
+    if len(region) != 4:
+        raise BadRequestError("region is x,y,width,height as fractions of the image (0..1)")
+    x, y, w, h = (float(v) for v in region)
+    if not all(0 <= v <= 1 for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise BadRequestError("region values must be fractions of the image in 0..1")
+    width, height = image.size
+    box = (
+        round(x * width),
+        round(y * height),
+        round(min(1.0, x + w) * width),
+        round(min(1.0, y + h) * height),
+    )
+    if box[2] - box[0] < 8 or box[3] - box[1] < 8:
+        raise BadRequestError("region is too small (under 8 pixels)")
+    return image.crop(box)
+
+
+def matches(metadata: dict, filters: dict) -> bool:
+    """Every filter key equals the metadata value (or is one of them when it is a list)."""
+    for key, wanted in filters.items():
+        value = metadata.get(key)
+        if isinstance(value, list) and not isinstance(wanted, list):
+            if wanted not in value:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+def image_json(catalog_id: str, image_id: int, width: int, height: int, metadata: dict) -> dict:
+    """An image as the API shows it: id, size, metadata and the URLs of its files."""
+    base = f"/catalogs/{catalog_id}/images/{image_id}"
+    return {
+        "id": image_id,
+        "width": width,
+        "height": height,
+        "metadata": metadata,
+        "thumbnail": f"{base}/thumbnail",
+        "original": f"{base}/original",
+    }
+
+
+def hit_json(catalog_id: str, hit: SearchResult) -> dict:
+    """A search hit: the image as the API shows it, with its score."""
+    return {
+        "score": round(float(hit.score), 6),
+        **image_json(catalog_id, hit.id, hit.width, hit.height, hit.metadata),
+    }
