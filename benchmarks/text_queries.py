@@ -10,7 +10,11 @@ read back from the stored descriptors, so the variants below cost no network run
 - the default: semantic query expansion in the class space (``models/text.py``), also run end
   to end through ``Collection.search_text`` for its latency.
 
-Usage: python benchmarks/text_queries.py [--no-write]
+It also times the sentence encoder alone (``SentenceEncoder``, ONNX Runtime on one thread, as
+shipped) on queries of 1 to 8 words, one at a time and 32 at once; ``--encoder-only`` runs just
+that (no data sets needed).
+
+Usage: python benchmarks/text_queries.py [--no-write] [--encoder-only]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from lookalike.evaluate.datasets import load_eval_set
 from lookalike.evaluate.metrics import mean_average_precision, precision_at_k, rank_relevance
 from lookalike.evaluate.run import cache_collection_path, evaluate
 from lookalike.models import load_embedder
-from lookalike.models.text import ConSE
+from lookalike.models.text import ConSE, SentenceEncoder
 
 
 def collection_for(root: Path) -> Path:
@@ -51,6 +55,30 @@ def queries_for(root: Path, labels: list[str]) -> tuple[list[str], list[str]]:
     return classes, classes
 
 
+def encoder_latency(repeats: int = 30) -> str:
+    """Median times of the sentence encoder on short queries (tokenizing included)."""
+    encoder = SentenceEncoder()
+    text = "a red double decker bus parked by the old stone bridge at sunset"
+    words = text.split(" ")
+    queries = [" ".join(words[:n]) for n in range(1, 9)]
+    batch = [" ".join(words[i % 5 : i % 5 + 1 + i % 8]) for i in range(32)]
+    encoder.encode(queries)  # warm: exported if needed, session created
+    single, batched = [], []
+    for _ in range(repeats):
+        for query in queries:
+            start = time.perf_counter()
+            encoder.encode([query])
+            single.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        encoder.encode(batch)
+        batched.append(time.perf_counter() - start)
+    return (
+        f"Sentence encoder alone (ONNX Runtime, 1 thread, tokenizing included): a query of 1-8 "
+        f"words p50 {percentile_ms(single, 50):.1f} ms (p90 {percentile_ms(single, 90):.1f} ms); "
+        f"32 such queries at once p50 {percentile_ms(batched, 50):.1f} ms."
+    )
+
+
 def scores_of(probs: np.ndarray, conse: ConSE, texts: list[str]) -> np.ndarray:
     images = conse.image_vectors(np.log(np.clip(probs, 1e-30, None)))
     return conse.text_vectors(texts) @ images.T
@@ -59,7 +87,12 @@ def scores_of(probs: np.ndarray, conse: ConSE, texts: list[str]) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--encoder-only", action="store_true", help="time the encoder only")
     args = parser.parse_args()
+    encoder = encoder_latency()
+    print(encoder, flush=True)
+    if args.encoder_only:
+        return
     variants = {
         "untuned ConSE (1000 classes, τ=1, bare names)": ConSE(
             space="embedding",
@@ -123,6 +156,7 @@ def main() -> None:
             table(header, rows),
             "Latency of `Collection.search_text` (embed the query + search the text index): "
             f"{lat}.",
+            encoder,
         ]
     )
     if not args.no_write:

@@ -19,9 +19,9 @@ from lookalike.models import load_embedder
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-clip")
+def make_tiny_clip(folder: Path) -> Path:
+    """Save a tiny CLIP with random weights (16-d, 32-px images) and its tokenizer in ``folder``;
+    ``clip:<folder>`` loads it. Also used by the embedder contract test."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
@@ -56,6 +56,11 @@ def tiny_clip(tmp_path_factory) -> Path:
     transformers.CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def test_clip_embeds_images_and_text_in_one_space(tiny_clip, photo_dir) -> None:

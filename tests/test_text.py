@@ -1,10 +1,8 @@
-"""Tests for offline text search: the class list, the NumPy sentence encoder and ConSE."""
+"""Tests for offline text search: the class list, the sentence encoder (ONNX Runtime) and ConSE."""
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,6 +11,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder must never need the network
 
+from lookalike.descriptors import softmax
 from lookalike.models.text import (
     ConSE,
     ImageNetClass,
@@ -22,8 +21,7 @@ from lookalike.models.text import (
     embed_groups,
     imagenet_classes,
     is_scientific_name,
-    load_safetensors,
-    softmax,
+    onnx_model,
     top_k_mask,
 )
 
@@ -107,29 +105,27 @@ def test_class_texts_and_latin_names() -> None:
 # ---------------------------------------------------------------------------- the encoder
 
 
-def test_safetensors_reader(tmp_path: Path) -> None:
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    b = np.array([7, -1], dtype=np.int64)
-    header = {
-        "__metadata__": {"format": "pt"},
-        "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
-        "b": {"dtype": "I64", "shape": [2], "data_offsets": [24, 40]},
-    }
-    raw = json.dumps(header).encode()
-    path = tmp_path / "t.safetensors"
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + a.tobytes() + b.tobytes())
-    out = load_safetensors(path)
-    np.testing.assert_array_equal(out["a"], a)
-    np.testing.assert_array_equal(out["b"], b)
-
-
 def test_tokenizer_matches_bert(encoder: SentenceEncoder) -> None:
     # Expected ids from Hugging Face's BertTokenizer on the same vocabulary.
     tok = encoder.tokenizer
-    assert tok.tokenize("Hammerhead sharks!") == ["hammer", "##head", "sharks", "!"]
-    assert tok.encode("Hammerhead sharks!") == [101, 8691, 4974, 12004, 999, 102]
-    assert tok.encode("Café naïve, 東京") == [101, 7668, 15743, 1010, 1879, 1755, 102]
-    assert len(tok.encode("word " * 1000, max_length=16)) == 16
+    assert tok.encode("Hammerhead sharks!", add_special_tokens=False).tokens == [
+        "hammer",
+        "##head",
+        "sharks",
+        "!",
+    ]
+    assert encoder.token_ids(["Hammerhead sharks!"]) == [[101, 8691, 4974, 12004, 999, 102]]
+    assert encoder.token_ids(["Café naïve, 東京"]) == [[101, 7668, 15743, 1010, 1879, 1755, 102]]
+    assert len(encoder.token_ids(["word " * 1000])[0]) == encoder.max_length == 256
+    assert encoder.vocab["[CLS]"] == 101 and len(encoder.vocab) == 30522
+
+
+def test_onnx_export_is_cached_and_keyed(encoder: SentenceEncoder) -> None:
+    encoder.encode(["warm"])  # exported on first use
+    path = onnx_model(encoder.path)
+    assert path.exists() and path.name.startswith("all-MiniLM-L6-v2-") and path.suffix == ".onnx"
+    assert onnx_model(encoder.path) == path  # found again, not exported twice
+    assert not list(path.parent.glob(f"{path.stem}*.tmp"))  # no half-written export left
 
 
 def test_encoder_matches_reference_and_ranks_sensibly(encoder: SentenceEncoder) -> None:

@@ -1,26 +1,33 @@
-"""Pure functions that turn network outputs into global descriptors, and re-rank results.
+"""Pure functions that turn network outputs into global descriptors, and re-rank results; and
+the small numeric helpers every model shares (:func:`l2n`, :func:`softmax`,
+:func:`blas_on_one_thread`), kept here once so that all of them compute the same numbers.
 
 Kept apart from the models so that each choice can be measured on its own
-(``benchmarks/descriptors.py``) and checked by hand in tests.
+(``benchmarks/descriptors.py``, results in docs/benchmarks.md, "Descriptor variants") and
+checked by hand in tests.
 
 Example:
     >>> import numpy as np
     >>> fmap = np.ones((1, 2, 3, 3), np.float32)
     >>> gem(fmap, 3.0).round(3).tolist()
     [[1.0, 1.0]]
+    >>> l2n(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([[0.6, 0.8],
+           [0. , 0. ]], dtype=float32)
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
+def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows (or slices along ``axis``) scaled to unit L2 norm, zero rows stay zero; float32."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def gem(fmap: np.ndarray, p: float = 3.0) -> np.ndarray:
@@ -30,9 +37,21 @@ def gem(fmap: np.ndarray, p: float = 3.0) -> np.ndarray:
     return np.power(np.clip(fmap, 1e-6, None), p).mean(axis=(2, 3)) ** (1.0 / p)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable."""
-    z = logits - logits.max(axis=-1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``, numerically stable.
+
+    Computed in float64 when ``logits`` are float64, in float32 otherwise.
+
+    Example:
+        >>> softmax(np.array([[0.0, np.log(3.0)]], np.float32)).round(2)
+        array([[0.25, 0.75]], dtype=float32)
+    """
+    z = np.asarray(logits)
+    if z.dtype != np.float64:
+        z = z.astype(np.float32)
+    if temperature != 1.0:
+        z = z / z.dtype.type(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -71,7 +90,7 @@ class Whitening:
         n, d = centred.shape
         keep = min(dim, d, max(n - 1, 1))
         # One BLAS thread: on 2 busy cores a threaded 2280x2280 eigh took 23 s, one thread 2.7 s.
-        with _one_blas_thread():
+        with blas_on_one_thread():
             if n < d:  # the n x n Gram matrix has the same spectrum and is far smaller
                 eigval, u = np.linalg.eigh(centred @ centred.T)
                 order = np.argsort(eigval)[::-1][:keep]
@@ -103,14 +122,28 @@ class Whitening:
         return cls(data["mean"], data["projection"])
 
 
-def _one_blas_thread():  # a context manager
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        import contextlib
+_THREADPOOLS: list[object] = []  # one ThreadpoolController, made on first use
 
+
+def blas_on_one_thread(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """A context in which BLAS runs on one thread (``enabled=False``: unchanged).
+
+    For small products (a few queries, a Gram matrix on busy cores), waking a BLAS thread pool
+    costs more than the product, and busy-waiting workers starve other work on shared cores.
+    The controller that finds the loaded BLAS libraries is made once, on first use.
+
+    Example:
+        >>> with blas_on_one_thread():
+        ...     product = np.ones((1, 8)) @ np.ones((8, 4))
+    """
+    # Measured on 2 busy cores: 1x2280 @ 2280x256 took 3 ms with the pool, 0.1 ms on one thread.
+    if not enabled:
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    if not _THREADPOOLS:
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1, user_api="blas")
 
 
 def query_expansion(

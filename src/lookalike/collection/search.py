@@ -8,18 +8,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from threadpoolctl import ThreadpoolController
 
 from lookalike.collection.manifest import IMAGE_SPACE
 from lookalike.collection.results import SearchResult
-from lookalike.descriptors import l2n, query_expansion
+from lookalike.descriptors import blas_on_one_thread, l2n, query_expansion
 from lookalike.images import decode
 from lookalike.index import VectorIndex
 from lookalike.index.faiss_compat import keep_search_params
@@ -163,14 +161,3 @@ class Searching:
             for r, s in zip(records, scores[keep], strict=True)
             if r is not None
         ]
-
-
-_THREADPOOLS = ThreadpoolController()
-
-
-def blas_on_one_thread(enabled: bool) -> contextlib.AbstractContextManager:
-    """BLAS on one thread for the small products of a few queries: waking a thread pool costs
-    more than the product (measured 3 ms against 0.1 ms for 1x2280 @ 2280x256 on 2 busy cores)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return _THREADPOOLS.limit(limits=1, user_api="blas")

