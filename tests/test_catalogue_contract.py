@@ -177,6 +177,50 @@ def test_a_duplicate_hash_rolls_the_batch_back(catalogue) -> None:
     assert catalogue.add_images([_image("new", "/2.jpg", [0, 1])])  # still usable
 
 
+def test_paths_that_are_not_utf8_round_trip(catalogue) -> None:
+    """A file name that is not UTF-8 (os.fsdecode gives lone surrogates) is stored losslessly
+    and given back as the same str, so the file opens again (issue #15)."""
+    odd = "/photos/caf\udce9-\udcff.jpg"
+    marked = "\x01looks-like-a-stored-form.jpg"  # a real path starting with the marker
+    (image_id,) = catalogue.add_images([_image("h1", odd, [1, 0])])
+    catalogue.link_file(marked, image_id, FileState(1, 2))
+    assert set(catalogue.file_states()) == {odd, marked}
+    assert set(catalogue.images([image_id])[0].paths) == {odd, marked}
+    catalogue.touch_file(odd, FileState(5, 6))
+    assert catalogue.file_states()[odd] == (FileState(5, 6), image_id)
+    catalogue.record_skip("/bad-\udcfe.jpg", FileState(1, 1), "cannot decode \udcfe")
+    assert list(catalogue.skipped_states()) == ["/bad-\udcfe.jpg"]
+    catalogue.forget_skips(["/bad-\udcfe.jpg"])
+    assert catalogue.skipped_states() == {}
+    assert catalogue.remove_files([odd]) == []
+    assert catalogue.remove_files([marked]) == [image_id]
+    assert catalogue.file_states() == {}
+
+
+def test_meta_values_leave_the_generation_alone(catalogue) -> None:
+    generation = catalogue.generation()
+    assert catalogue.get_meta("manifest") is None
+    catalogue.set_meta("manifest", '{"a": 1}')
+    catalogue.set_meta("manifest", '{"a": 2}')
+    assert catalogue.get_meta("manifest") == '{"a": 2}'
+    assert catalogue.generation() == generation
+    with pytest.raises(ValueError):
+        catalogue.set_meta("generation", "0")
+
+
+def test_a_catalogue_that_must_exist_is_never_created_empty(location: str) -> None:
+    with pytest.raises(CatalogueError, match="check --repair"):
+        open_catalogue(location, create=False)
+    if not location.startswith("postgresql"):
+        assert not Path(location).exists()
+        Path(location).write_bytes(b"")  # a 0-byte file is not an empty catalogue either
+        with pytest.raises(CatalogueError, match="empty"):
+            open_catalogue(location, create=False)
+        assert Path(location).stat().st_size == 0
+    open_catalogue(location).close()
+    open_catalogue(location, create=False).close()
+
+
 def test_reopening_keeps_everything(location: str) -> None:
     first = open_catalogue(location)
     ids = first.add_images([_image("h", "/a.jpg", [1, 2])])
@@ -259,3 +303,91 @@ def test_cli_index_with_catalogue_and_index_kind(
     )
     assert bad.returncode == 1 and "cannot connect" in bad.stderr
     assert not (other / "manifest.json").exists()
+
+
+# -- SQLite only: creation races, damage, salvage --------------------------------------------
+class _StaleFirstRead:
+    """A connection whose first ``PRAGMA user_version`` answers 0: as if it was read just
+    before another process created the tables."""
+
+    def __init__(self, db) -> None:
+        self.db, self.stale = db, True
+
+    def execute(self, sql: str, *args):
+        if self.stale and sql.strip() == "PRAGMA user_version":
+            self.stale = False
+            return self.db.execute("SELECT 0")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+def test_two_creators_of_one_sqlite_catalogue_do_not_race(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    path = tmp_path / "catalogue.sqlite"
+    open_catalogue(path).close()  # the other process won
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: _StaleFirstRead(connect(*a, **k)))
+    late = open_catalogue(path)  # decided inside the write transaction: nothing to create
+    assert late.generation() == 0 and late.schema_version() == 1
+    late.close()
+
+
+def _damage(path: Path, table: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    db.close()
+    with open(path, "r+b") as f:
+        f.seek((root[0] - 1) * size)
+        f.write(b"\xee" * size)
+
+
+def test_a_damaged_sqlite_catalogue_is_one_clear_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 300)
+    with pytest.raises(CatalogueError, match=r"damaged .*lookalike check --repair"):
+        open_catalogue(garbage)
+    path = tmp_path / "catalogue.sqlite"
+    cat = open_catalogue(path)
+    ids = cat.add_images([_image(f"h{i}", f"/{i}.jpg", [i, 1]) for i in range(50)])
+    cat.close()
+    _damage(path, "files_by_image")
+    cat = open_catalogue(path, create=False)
+    with pytest.raises(CatalogueError, match="lookalike check --repair"):
+        cat.images(ids)
+    cat.close()
+
+
+def test_salvage_copies_every_readable_row(tmp_path: Path) -> None:
+    from lookalike.store.sqlite import salvage, verify
+
+    path = tmp_path / "catalogue.sqlite"
+    cat = open_catalogue(path)
+    vectors = np.random.default_rng(0).normal(size=(300, 600)).astype(np.float32)
+    ids = cat.add_images([_image(f"h{i}", f"/{i}.jpg", v) for i, v in enumerate(vectors)])
+    cat.record_skip("/bad.jpg", FileState(1, 1), "empty")
+    cat.set_meta("manifest", "{}")
+    generation = cat.generation()
+    cat.close()
+    assert verify(path) == []
+    _damage(path, "files_by_image")  # an index: every row is still readable
+    assert verify(path)
+    saved = salvage(path, tmp_path / "new.sqlite")
+    assert saved.complete and saved.copied["images"] == saved.copied["files"] == 300
+    new = open_catalogue(tmp_path / "new.sqlite", create=False)
+    assert verify(tmp_path / "new.sqlite") == []
+    assert new.generation() == generation + 1 and new.get_meta("manifest") == "{}"
+    assert np.array_equal(new.vectors("image", ids), vectors)
+    assert new.images(ids)[7].paths == ("/7.jpg",) and "/bad.jpg" in new.skipped_states()
+    new.close()
+    _damage(path, "images")  # the images themselves: their files and vectors go with them
+    lost = salvage(path, tmp_path / "newer.sqlite")
+    assert not lost.complete and lost.copied["images"] < 300
+    assert len(lost.orphan_files) == 300 - lost.copied["images"]
+    assert verify(tmp_path / "newer.sqlite") == []

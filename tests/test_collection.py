@@ -227,3 +227,68 @@ def test_readers_follow_the_saved_index_while_another_process_writes(
             writer.communicate("", timeout=60)
         del reader._build_index  # the writer is gone and never saved: rebuild from the catalogue
         assert len(reader.index()) == 7
+
+
+def test_two_runs_creating_one_collection_at_once(tmp_path, photo_dir, embedder) -> None:
+    """The loser of a race to create a collection gets BusyError (or waits and proceeds), never
+    a raw database error such as "table meta already exists" (issue #15)."""
+    import threading
+
+    from lookalike.errors import BusyError
+
+    for attempt in range(3):
+        path = tmp_path / f"col{attempt}"
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def index(path=path, barrier=barrier, outcomes=outcomes) -> None:
+            barrier.wait()
+            try:
+                with Collection.open(path, create=True, embedder=embedder) as col:
+                    col.sync([photo_dir])
+                outcomes.append("indexed")
+            except BusyError:
+                outcomes.append("busy")
+            except Exception as exc:  # what the test looks for
+                outcomes.append(repr(exc))
+
+        threads = [threading.Thread(target=index) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert sorted(outcomes) in (["busy", "indexed"], ["indexed", "indexed"]), outcomes
+        with Collection.open(path, embedder=embedder) as col:
+            assert len(col) == 6 and len(col.index()) == 6
+
+
+def test_saving_never_stamps_a_stale_index(tmp_path, photo_dir, embedder) -> None:
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+        text = col.index("text")  # loaded now
+        image_id = col.image_ids()[0]
+        col.put_vectors("text", [image_id], col.catalogue.vectors("text", [image_id]) * 0)
+        col.rebuild_index("image")  # saves what is loaded: the text index is behind
+        stamp = json.loads((tmp_path / "col" / "index" / "text.json").read_text())
+        assert stamp["generation"] != col.catalogue.generation()
+        assert col.index("text") is not text  # rebuilt from the catalogue
+
+
+def test_a_damaged_index_file_is_rebuilt_and_said_once(tmp_path, photo_dir, embedder, caplog):
+    with _collection(tmp_path, embedder) as col:
+        col.sync([photo_dir])
+    file = tmp_path / "col" / "index" / "image.faiss"
+    file.write_bytes(file.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="lookalike"):
+        for _ in range(2):
+            with Collection.open(tmp_path / "col", embedder=embedder) as col:
+                assert Path(col.search(photo_dir / "rocket.jpg", k=1)[0].path).name == "rocket.jpg"
+    assert caplog.text.count("image.faiss is damaged") == 1
+
+
+def test_a_manifest_that_is_not_json_names_the_repair(tmp_path, embedder) -> None:
+    _collection(tmp_path, embedder).close()
+    for damage in (b"\x00\xff", b"[1, 2]", b'{"format": "lookalike-collection", "model": 3}'):
+        (tmp_path / "col" / "manifest.json").write_bytes(damage)
+        with pytest.raises(CollectionError, match="check --repair"):
+            Collection.open(tmp_path / "col")

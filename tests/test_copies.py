@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
@@ -155,3 +156,39 @@ def test_cli_copy_search_verify_duplicates_and_add_copy_space(
     done = runner.invoke(app, ["search", query, "-c", str(plain), "--mode", "copy", "--json"])
     assert done.exit_code == 0, done.output
     assert Path(json.loads(done.stdout)["results"][0]["path"]).name == "astronaut.jpg"
+
+
+def test_an_interrupted_copy_space_is_completed_by_the_next_run(
+    tmp_path: Path, photo_dir: Path, embedder, caplog
+) -> None:
+    """kill -9 while `index --copy` adds the copy space used to lose the rest for good: the
+    next run said there was nothing to do (issue #15). Now every indexing run completes it."""
+    from lookalike.copies.space import add_copy_space
+
+    col = Collection.create(tmp_path / "col", embedder=embedder)
+    col.sync([photo_dir])
+
+    def killed(done: int, total: int) -> None:
+        if done >= 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        add_copy_space(col, "sscd-mobile", progress=killed, batch_size=2)
+    assert len(col.ids_missing("copy")) == 4
+    with caplog.at_level("WARNING", logger="lookalike"):
+        col.duplicates()
+    assert "4 of 6 images" in caplog.text and "lookalike check --repair" in caplog.text
+    report = col.sync([photo_dir])  # the next run completes the space first
+    assert report.unchanged == 6 and col.ids_missing("copy") == []
+    for photo in sorted(photo_dir.glob("*.jpg")):
+        assert col.search(photo, k=1, space="copy")[0].path == str(photo)
+    clean = Collection.create(tmp_path / "clean", embedder=embedder)
+    clean.sync([photo_dir])
+    add_copy_space(clean, "sscd-mobile")
+    by_path = {r.path: r.id for r in clean.records()}
+    ids = col.image_ids()
+    paths = [col.get(i).path for i in ids]
+    resumed = col.catalogue.vectors("copy", ids)
+    assert np.allclose(resumed, clean.catalogue.vectors("copy", [by_path[p] for p in paths]))
+    col.close()
+    clean.close()

@@ -29,9 +29,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ from lookalike.collection.manifest import (
     DEFAULT_INDEX,
     DEFAULT_MODEL,
     IMAGE_SPACE,
+    MANIFEST_COPY,
     TEXT_SPACE,
     model_space_spec,
     new_manifest,
@@ -60,9 +64,10 @@ from lookalike.collection.results import IndexReport, SearchResult
 from lookalike.collection.search import Searching, capability
 from lookalike.collection.spaces import Spaces
 from lookalike.collection.text import TextSearch
-from lookalike.errors import BulkError, BusyError, CollectionError
+from lookalike.errors import BulkError, BusyError, CollectionError, ImageError
 from lookalike.fileio import write_json
 from lookalike.index import VectorIndex, create_index
+from lookalike.ingest import files as ingest
 from lookalike.ingest import shards as shards_api
 from lookalike.ingest import sources
 from lookalike.models import Embedder, load_embedder
@@ -78,7 +83,26 @@ __all__ = [
     "CollectionError",
     "IndexReport",
     "SearchResult",
+    "SpaceCompletion",
 ]
+
+
+@dataclass
+class SpaceCompletion:
+    """What :meth:`Collection.complete_spaces` did: vectors computed by space, the files of
+    images none of whose files could be read again (gone or changed), the seconds taken."""
+
+    embedded: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)  # their image ids
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "embedded": self.embedded,
+            "missing": self.missing,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 class Collection(Spaces, Searching, TextSearch):
@@ -91,8 +115,10 @@ class Collection(Spaces, Searching, TextSearch):
     def __init__(self, path: Path, manifest: dict, embedder: Embedder | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        try:
-            self.catalogue = open_catalogue(manifest.get("catalogue") or path / "catalogue.sqlite")
+        try:  # it must exist: a missing or empty catalogue is damage, not a new collection
+            self.catalogue = open_catalogue(
+                manifest.get("catalogue") or path / "catalogue.sqlite", create=False
+            )
         except CatalogueError as exc:  # e.g. a PostgreSQL server that cannot be reached
             raise CollectionError(str(exc)) from exc
         self._embedder = embedder
@@ -101,6 +127,8 @@ class Collection(Spaces, Searching, TextSearch):
         self._text_model = None
         self._lock = threading.RLock()
         self._writing = False  # holds the write lock now
+        self._writer: int | None = None  # the thread that holds it (writing() re-enters)
+        self._complete = False  # every space was found complete (checked once per instance)
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -125,6 +153,24 @@ class Collection(Spaces, Searching, TextSearch):
         path = Path(path).expanduser()
         if (path / "manifest.json").exists():
             raise CollectionError(f"{path} already holds a collection")
+        made = cls._create(path, model, index, embedder, catalogue, copy_model)
+        if made is None:
+            raise CollectionError(f"{path} already holds a collection")
+        return made
+
+    @classmethod
+    def _create(
+        cls,
+        path: Path,
+        model: str,
+        index: str,
+        embedder: Embedder | None,
+        catalogue: str | None,
+        copy_model: str | None,
+    ) -> Collection | None:
+        """Create the collection under its write lock; None when another process created it
+        meanwhile. The catalogue is made first and the manifest last, so a folder with a
+        manifest always has its catalogue (a missing or empty one is then damage)."""
         embedder = embedder or load_embedder(model)
         create_index(index, embedder.dim)  # fail now on an unknown kind, not at first search
         if catalogue is not None:  # fail before writing a manifest that points to nowhere
@@ -132,13 +178,24 @@ class Collection(Spaces, Searching, TextSearch):
                 open_catalogue(catalogue).close()
             except CatalogueError as exc:
                 raise CollectionError(str(exc)) from exc
-        path.mkdir(parents=True, exist_ok=True)
         manifest = new_manifest(embedder, index)
         if catalogue is not None:
             manifest["catalogue"] = str(catalogue)
         if copy_model is not None:
             manifest["spaces"][COPY_SPACE] = model_space_spec(load_embedder(copy_model))
-        write_json(path / "manifest.json", manifest)
+        path.mkdir(parents=True, exist_ok=True)
+        with WriteLock(path):  # two `index` runs starting a new collection: one creates it
+            if (path / "manifest.json").exists():
+                return None
+            try:
+                store = open_catalogue(catalogue or path / "catalogue.sqlite")
+            except CatalogueError as exc:
+                raise CollectionError(str(exc)) from exc
+            try:
+                store.set_meta(MANIFEST_COPY, json.dumps(manifest))
+            finally:
+                store.close()
+            write_json(path / "manifest.json", manifest)
         return cls(path, manifest, embedder)
 
     @classmethod
@@ -162,16 +219,11 @@ class Collection(Spaces, Searching, TextSearch):
         """
         path = Path(path).expanduser()
         manifest_path = path / "manifest.json"
+        if not manifest_path.exists() and create:
+            made = cls._create(path, model or DEFAULT_MODEL, index, embedder, catalogue, copy_model)
+            if made is not None:
+                return made  # else another process created it meanwhile: open what it made
         if not manifest_path.exists():
-            if create:
-                return cls.create(
-                    path,
-                    model=model or DEFAULT_MODEL,
-                    index=index,
-                    embedder=embedder,
-                    catalogue=catalogue,
-                    copy_model=copy_model,
-                )
             raise CollectionError(
                 f"no collection at {path}: create one with `lookalike index FOLDER "
                 f"--collection {path}`"
@@ -287,6 +339,9 @@ class Collection(Spaces, Searching, TextSearch):
         paths = list(paths)
         states = list_remote(p for p in paths if sources.is_remote(p))
         files = expand_paths(p for p in paths if not sources.is_remote(p)) + list(states)
+        if self.excludes:  # remembered `--exclude` globs, relative to the folders given
+            roots = [str(p) if sources.is_remote(p) else resolve(p) for p in paths]
+            files = [f for f in files if not ingest.is_excluded(f, self.excludes, roots)]
         given = {
             (str(p) if sources.is_remote(p) else resolve(p)): dict(m)
             for p, m in (metadata or {}).items()
@@ -294,6 +349,31 @@ class Collection(Spaces, Searching, TextSearch):
         return self._index_files(
             files, set(), progress, batch_size, workers, given, states=states, loader=loader
         )
+
+    @property
+    def excludes(self) -> list[str]:
+        """The glob patterns of files that :meth:`add` and :meth:`sync` leave out (see
+        ``ingest.files.is_excluded``), remembered in the manifest."""
+        return list(self.manifest.get("excludes", []))
+
+    def set_excludes(self, globs: Iterable[str]) -> None:
+        """Remember ``globs`` (replacing the ones before) for every later :meth:`add` and
+        :meth:`sync`: files they match are not indexed, and :meth:`sync` drops those indexed
+        before.
+
+        Example:
+            >>> col.set_excludes([*col.excludes, "thumbnails", "*.tmp.jpg"])  # doctest: +SKIP
+        """
+        globs = list(dict.fromkeys(str(g) for g in globs if str(g)))
+        with self.writing():
+            if globs == self.excludes:
+                return
+            if globs:
+                self.manifest["excludes"] = globs
+            else:
+                self.manifest.pop("excludes", None)
+            write_json(self.path / "manifest.json", self.manifest)
+            self._keep_manifest_copy()
 
     def sync(
         self,
@@ -318,6 +398,9 @@ class Collection(Spaces, Searching, TextSearch):
                 raise CollectionError(f"no such folder: {folder}")
         states = list_remote(remote)
         files = expand_paths(folders) + list(states)
+        if self.excludes:  # excluded files are not added, and dropped when indexed before
+            roots = [str(f) for f in folders] + remote
+            files = [f for f in files if not ingest.is_excluded(f, self.excludes, roots)]
         prefixes = tuple(str(f) + os.sep if f.is_dir() else str(f) for f in folders)
         prefixes += tuple(u if u in states else u.rstrip("/") + "/" for u in remote)
         return self._index_files(
@@ -397,12 +480,128 @@ class Collection(Spaces, Searching, TextSearch):
         loader: Loader | None = None,
     ) -> IndexReport:
         with self.writing():
+            # A run killed while a space was being added (`index --copy`) or a repaired
+            # catalogue leaves images without some vectors: compute them first, as the main
+            # space's files are resumed below.
+            if not self._complete:
+                self.complete_spaces(progress=progress)
             self.enable_text()  # an older collection gains its text space from stored vectors
+            self._keep_manifest_copy()
             indexer = Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1))
             indexer.metadata = metadata or {}
             indexer.states = states or {}
             indexer.loader = loader
             return indexer.run(files, prune_prefixes, progress)
+
+    # -- completing spaces: every image has a vector in every space ----------------------------
+    def spaces_missing(self) -> dict[str, int]:
+        """Spaces some images have no vector in: space -> how many images lack one (from
+        counts: the catalogue keeps no vector of an image that is gone)."""
+        images = self.catalogue.count()["images"]
+        counts = self.catalogue.vector_counts()
+        return {
+            space: images - counts.get(space, 0)
+            for space in self.spaces()
+            if counts.get(space, 0) < images
+        }
+
+    def complete_spaces(
+        self, *, progress: Progress | None = None, batch_size: int = 32
+    ) -> SpaceCompletion:
+        """Compute the vectors images lack in any space, re-decoding their stored files: a space
+        added to a collection that has images (``add_copy_space``), a run killed while doing
+        so, vectors lost in a repaired catalogue. The text space is derived from the image
+        vectors. Each batch is one transaction; the indexes of completed spaces are rebuilt and
+        saved. Takes the write lock (re-entered when this thread holds it already).
+
+        Images none of whose files still hold their content are reported in ``missing`` and
+        stay incomplete (the next ``index`` of their folder drops or re-adds them).
+
+        Example:
+            >>> col.complete_spaces().embedded  # doctest: +SKIP
+            {'copy': 108}
+        """
+        start = time.perf_counter()
+        report = SpaceCompletion()
+        with self.writing():
+            if not self.spaces_missing():  # the usual case: two counts
+                self._complete = True
+                report.seconds = time.perf_counter() - start
+                return report
+            before = self.catalogue.generation()
+            computed = [
+                s for s, spec in self.spaces().items() if s != TEXT_SPACE and "derive" not in spec
+            ]
+            missing = {s: set(self.catalogue.ids_missing(s)) for s in computed}
+            todo = sorted(set().union(*missing.values()))
+            if todo and progress:
+                progress(0, len(todo))
+            for begin in range(0, len(todo), batch_size):
+                records = self.catalogue.images(todo[begin : begin + batch_size])
+                loaded = []
+                for record in records:
+                    image = self._decode_stored(record) if record is not None else None
+                    if image is None:
+                        if record is not None:
+                            report.missing.extend(record.paths)
+                            report.unreadable.append(record.id)
+                        continue
+                    loaded.append((record.id, image))
+                for space in computed:
+                    chosen = [(i, image) for i, image in loaded if i in missing[space]]
+                    if not chosen:
+                        continue
+                    vectors = self._embed_space(space, [image for _, image in chosen])
+                    self.catalogue.put_vectors(space, [i for i, _ in chosen], vectors)
+                    report.embedded[space] = report.embedded.get(space, 0) + len(chosen)
+                if progress:
+                    progress(min(begin + batch_size, len(todo)), len(todo))
+            if TEXT_SPACE in self.spaces() and IMAGE_SPACE in self.spaces():
+                have = set(self.catalogue.ids_missing(TEXT_SPACE))
+                have -= set(self.catalogue.ids_missing(IMAGE_SPACE))
+                ids = sorted(have)
+                for begin in range(0, len(ids), 1000):
+                    chunk = ids[begin : begin + 1000]
+                    stored = self.catalogue.vectors(IMAGE_SPACE, chunk)
+                    self.catalogue.put_vectors(TEXT_SPACE, chunk, self._text_vectors_of(stored))
+                if ids:
+                    report.embedded[TEXT_SPACE] = len(ids)
+            # Indexes of the other spaces still hold what the catalogue holds: only the
+            # generation moved. Keep them current, so the saves below do not leave them stale.
+            for space, (index, loaded_at) in list(self._indexes.items()):
+                if loaded_at == before and space not in report.embedded:
+                    self._indexes[space] = (index, self.catalogue.generation())
+            for space in report.embedded:
+                self.rebuild_index(space)
+            self._complete = not self.spaces_missing()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _decode_stored(self, record: ImageRecord):
+        """The image of a stored record from the first of its files that still holds its
+        content (same hash), decoded as an indexing run decodes it; None when none does."""
+        for path in record.paths:
+            remote = sources.is_remote(path)
+            try:
+                state = FileState(0, 0) if remote else ingest.file_state(path)
+            except (OSError, ImageError):  # gone, or not a file to read any more
+                continue
+            read = sources.read_bytes if remote else None
+            item = ingest.load_file(path, state, min_side=self.decode_side, read=read)
+            if item.error is None and item.content_hash == record.content_hash:
+                return item.image
+        return None
+
+    def _embed_space(self, space: str, images: list) -> np.ndarray:
+        """Vectors of ``space`` for decoded images: the space's own model, or the collection's."""
+        if "model" in self.spaces()[space]:
+            return self.space_embedder(space).embed_images(images)
+        primary = self.embedder
+        if hasattr(primary, "embed_spaces"):
+            return np.asarray(primary.embed_spaces(images)[space], dtype=np.float32)
+        if space != IMAGE_SPACE:
+            raise CollectionError(f"{self.path}: no model computes the {space!r} space")
+        return primary.embed_images(images)
 
     def get(self, image_id: int) -> ImageRecord | None:
         """The stored record of one image (files, size, metadata), or None."""
@@ -467,7 +666,9 @@ class Collection(Spaces, Searching, TextSearch):
             1200
         """
         copies = capability("copies.space")
-        return copies.add_copy_space(self, model or copies.DEFAULT_COPY_MODEL, progress=progress)
+        if model is None:
+            model = self.spaces().get(COPY_SPACE, {}).get("model", copies.DEFAULT_COPY_MODEL)
+        return copies.add_copy_space(self, model, progress=progress)
 
     def duplicates(self, threshold: float | None = None, k: int = 10, verify: bool = False):
         """Groups of exact and near-duplicate images (``copies.DuplicateGroup``), each with a
@@ -509,7 +710,8 @@ class Collection(Spaces, Searching, TextSearch):
     # -- for capabilities: spaces of their own, written under the collection's lock ----------
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Hold the collection's write lock (across processes) and its in-process lock.
+        """Hold the collection's write lock (across processes) and its in-process lock. The
+        thread that holds it may enter again (a capability's step inside an indexing run).
 
         Raises:
             BusyError: another writer holds the collection.
@@ -518,17 +720,35 @@ class Collection(Spaces, Searching, TextSearch):
             >>> with col.writing():  # doctest: +SKIP
             ...     col.put_vectors("copy", ids, vectors)
         """
-        with WriteLock(self.path, self), self._lock:
+        me = threading.get_ident()
+        if self._writer == me:
             yield
+            return
+        with WriteLock(self.path, self), self._lock:
+            self._writer = me
+            try:
+                yield
+            finally:
+                self._writer = None
 
     def add_space(self, name: str, spec: Mapping[str, object], embedder: Embedder | None = None):
         """Record a vector space (``spec``: its manifest entry, see ``manifest.model_space_spec``)
-        and the model that computes it; call it inside :meth:`writing`."""
+        and the model that computes it; call it inside :meth:`writing`. Its vectors come from
+        :meth:`complete_spaces` (and from every indexing run, which completes them first)."""
         if self.spaces().get(name) != dict(spec):
             self.manifest["spaces"][name] = dict(spec)
             write_json(self.path / "manifest.json", self.manifest)
+            self._complete = False
+        self._keep_manifest_copy()
         if embedder is not None:
             self._space_embedders[name] = embedder
+
+    def _keep_manifest_copy(self) -> None:
+        """Keep a copy of the manifest in the catalogue, from which ``lookalike check
+        --repair`` restores a damaged manifest.json."""
+        text = json.dumps(self.manifest, sort_keys=True)
+        if self.catalogue.get_meta(MANIFEST_COPY) != text:
+            self.catalogue.set_meta(MANIFEST_COPY, text)
 
     def put_vectors(self, space: str, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Store vectors of ``space`` for existing images (the index follows on

@@ -44,6 +44,9 @@ REDUCE_DIM = 256
 REDUCE_MIN_IMAGES = 1000
 PCA_SAMPLE = 20_000
 EXPAND = 3
+#: The catalogue's meta key holding a copy of the manifest (``Catalogue.set_meta``), from which
+#: ``lookalike check --repair`` restores a damaged manifest.json.
+MANIFEST_COPY = "manifest"
 
 
 def new_manifest(embedder: Embedder, index: str) -> dict:
@@ -79,14 +82,45 @@ def model_space_spec(embedder: Embedder, index: str = "flat") -> dict:
 
 
 def read_manifest(path: Path) -> dict:
-    """The manifest of the collection in ``path``, upgraded to :data:`FORMAT_VERSION`."""
+    """The manifest of the collection in ``path``, upgraded to :data:`FORMAT_VERSION`.
+
+    Raises:
+        CollectionError: it cannot be read, is not JSON, or lacks what every manifest has; the
+            message names ``lookalike check --repair``.
+    """
     file = path / "manifest.json"
     try:
-        return upgrade_manifest(json.loads(file.read_text()), path)
-    except json.JSONDecodeError as exc:
-        raise CollectionError(
-            f"{file} is damaged ({exc}); run `lookalike check --collection {path}`"
-        ) from None
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CollectionError(damaged(file, path, str(exc))) from None
+    except OSError as exc:
+        raise CollectionError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return parse_manifest(data, path)
+
+
+def damaged(file: Path, path: Path, why: str) -> str:
+    """The message for a damaged manifest."""
+    return f"{file} is damaged ({why}): run `lookalike check --repair --collection {path}`"
+
+
+def parse_manifest(data: object, path: Path) -> dict:
+    """``data`` (a parsed manifest) checked for what every manifest has and upgraded."""
+    file = path / "manifest.json"
+    if isinstance(data, dict) and data.get("format") == "lookalike-collection":
+        try:
+            model, index = data["model"], data["index"]
+            str(model["name"]), str(model["version"]), int(model["dim"]), str(index["kind"])
+            spaces = data.get("spaces", {})
+            for spec in spaces.values():
+                int(spec["dim"]), str(spec["index"])
+            int(data.get("format_version", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CollectionError(damaged(file, path, f"bad or missing {exc}")) from None
+    elif isinstance(data, dict) and "format" in data:
+        pass  # upgrade_manifest says it is not a collection manifest
+    else:
+        raise CollectionError(damaged(file, path, "not a collection manifest"))
+    return upgrade_manifest(data, path)
 
 
 def saved_generation(state_file: Path) -> int | None:

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.collection.results import IndexReport
-from lookalike.errors import CollectionError
+from lookalike.errors import CollectionError, ImageError
 from lookalike.ingest import files as ingest
 from lookalike.ingest import sources
 from lookalike.store import FileState, NewImage
@@ -60,6 +61,9 @@ class Indexer:
                 state = self.states.get(path) or ingest.file_state(path)
             except OSError as exc:
                 self.report.skipped.append((path, f"cannot read file: {exc.strerror or exc}"))
+                continue
+            except ImageError as exc:  # a FIFO, a device, a folder, too large: never opened
+                self.report.skipped.append((path, exc.reason))
                 continue
             if path in known:
                 if known[path][0] == state:
@@ -113,12 +117,22 @@ class Indexer:
             self._flush()
         except KeyboardInterrupt:
             self.report.interrupted = True
-        finally:
-            self.col.mark_indexes_current()
-            self.col.refit_projections()
-            self.col.save_indexes()
-            self.report.seconds = time.perf_counter() - start
+        except BaseException:
+            # The run failed (a full disk, a damaged catalogue): keep what is committed and
+            # save the indexes if that still works, but report the first failure, not one of
+            # saving after it (the index is a cache: the next open rebuilds it).
+            with contextlib.suppress(Exception):
+                self._save()
+            raise
+        self._save()
+        self.report.seconds = time.perf_counter() - start
         return self.report
+
+    def _save(self) -> None:
+        """The indexes, in step with the committed batches, saved (with their PCA learned)."""
+        self.col.mark_indexes_current()
+        self.col.refit_projections()
+        self.col.save_indexes()
 
     def _take(self, item: ingest.Loaded) -> None:
         if item.error is not None:

@@ -4,6 +4,8 @@ Each space (``image``, ``text``, ``copy``...) has one index file in ``index/<spa
 stamp ``index/<space>.json`` with the catalogue generation it was saved at. An index that is
 missing, damaged or behind the catalogue is rebuilt from the stored vectors; the main space is
 searched through a PCA learned on the collection once it is large enough (``REDUCE_*``).
+A damaged file (truncated, overwritten: any failure to load it) is a cache lost, not an error:
+it is rebuilt, and a warning on the ``lookalike`` logger says so once per file and process.
 
 Example:
     >>> col.index("image").search(vectors, 10)  # doctest: +SKIP
@@ -11,7 +13,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,10 @@ from lookalike.fileio import write_json
 from lookalike.index import VectorIndex, VectorIndexError, create_index, load_index
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.store import SQLiteCatalogue
+
+log = logging.getLogger("lookalike.collection")
+#: Index files found damaged in this process (each is reported once).
+_reported: set[str] = set()
 
 
 class Spaces:
@@ -72,16 +81,53 @@ class Spaces:
                     return cached[0]
                 generation = saved if saved is not None else generation
             index: VectorIndex | None = None
+            projection = self._saved_projection(file)
             if saved == generation:
-                projection = load_projection(file)
-                with contextlib.suppress(VectorIndexError):  # e.g. its Milvus data is gone
+                try:
                     index = load_index(spec["index"], file)
+                except VectorIndexError:  # e.g. its Milvus data is gone: rebuilt below
+                    index = None
+                except Exception as exc:  # a truncated or overwritten file: FAISS, NumPy...
+                    self._damaged(file, exc)
+                    index = None
+                count = self._stored_count(file)
+                if index is not None and count is not None and len(index) != count:
+                    self._damaged(file, ValueError("its count differs from the catalogue's"))
+                    index = None
                 if projection is not None and index is not None:
                     index = ProjectedIndex(index, *projection)
             if index is None:
-                index = self._build_index(space, load_projection(file))
+                index = self._build_index(space, projection)
             self._indexes[space] = (index, generation)
             return index
+
+    def _saved_projection(self, file: Path) -> tuple[Whitening, int] | None:
+        """The PCA saved beside an index file; None when there is none or it is damaged (the
+        index is then searched unprojected until the next indexing run learns it again)."""
+        try:
+            return load_projection(file)
+        except Exception as exc:
+            self._damaged(file.with_suffix(".pca.npz"), exc)
+            return None
+
+    def _stored_count(self, file: Path) -> int | None:
+        """The vector count the index file's stamp records (None: not recorded)."""
+        try:
+            return int(json.loads(file.with_suffix(".json").read_text())["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _damaged(self, file: Path, exc: BaseException) -> None:
+        if str(file) not in _reported:
+            _reported.add(str(file))
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "%s is damaged (%s); rebuilt it from the catalogue (`lookalike check --repair "
+                "--collection %s` saves it)",
+                file,
+                why[:200],
+                self.path,
+            )
 
     def _build_index(self, space: str, projection: tuple[Whitening, int] | None) -> VectorIndex:
         """A new index of ``space`` filled from the catalogue's vectors."""
@@ -122,11 +168,22 @@ class Spaces:
             )
 
     def save_indexes(self) -> None:
-        """Write every loaded index atomically, stamped with the catalogue's generation."""
+        """Write every loaded index that matches the catalogue atomically, stamped with the
+        catalogue's generation. One loaded at an older generation is left alone: stamping it
+        would make a stale index pass for a current one (it is rebuilt when next used)."""
         generation = self.catalogue.generation()
-        for space, (index, _) in list(self._indexes.items()):
+        for space, (index, loaded_at) in list(self._indexes.items()):
+            if loaded_at != generation:
+                continue
             file = self._index_file(space)
-            index.save(file)
+            try:
+                index.save(file)
+            except OSError:
+                raise
+            except Exception as exc:  # FAISS reports a full disk as a RuntimeError
+                if "No space left" in str(exc) or "quota exceeded" in str(exc).lower():
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file)) from exc
+                raise
             write_json(
                 file.with_suffix(".json"),
                 {"generation": generation, "count": len(index), "kind": index.kind},

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lookalike.copies.space import COPY_SPACE, threshold_for
+from lookalike.copies.space import COPY_SPACE, incomplete, threshold_for
 from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
 from lookalike.keypoints.verify import Features, extract, verify
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 VERIFY_TOP = 10
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger("lookalike.copies")
 
 
 @dataclass
@@ -96,13 +98,18 @@ def duplicates(
     ``threshold``: copy-space cosine similarity (default: the model's calibrated
     :data:`COPY_THRESHOLDS`); ``k``: neighbours looked at per image; ``verify_pairs``: keep a
     near pair only when keypoint matching confirms it (either way round). Without a copy space
-    only exact copies are found (see :func:`how_to_add`).
+    only exact copies are found (see :func:`how_to_add`). Images without a copy vector (an
+    incomplete space) can only be exact copies; a warning on the ``lookalike`` logger says so
+    and names the fix (:func:`~lookalike.copies.space.incomplete`).
     """
     files = col.catalogue.file_states()  # path -> (state, image id)
     mtime = {path: state.mtime_ns for path, (state, _) in files.items()}
     forest = UnionFind()
     edges: dict[tuple[int, int], float] = {}
     if COPY_SPACE in col.spaces():
+        problem = incomplete(col)
+        if problem is not None:
+            log.warning("%s", problem)
         threshold = threshold_for(col) if threshold is None else threshold
         edges = near_pairs(col, threshold, k)
         if verify_pairs:

@@ -38,13 +38,19 @@ from typing import TYPE_CHECKING
 
 from lookalike.collection.manifest import COPY_SPACE, model_space_spec
 from lookalike.errors import CollectionError
-from lookalike.keypoints.rerank import decode_any
 from lookalike.models import Embedder, load_embedder
 
 if TYPE_CHECKING:
     from lookalike.collection import Collection
 
-__all__ = ["COPY_MODELS", "COPY_SPACE", "COPY_THRESHOLDS", "DEFAULT_COPY_MODEL", "add_copy_space"]
+__all__ = [
+    "COPY_MODELS",
+    "COPY_SPACE",
+    "COPY_THRESHOLDS",
+    "DEFAULT_COPY_MODEL",
+    "add_copy_space",
+    "incomplete",
+]
 
 #: The copy model of ``lookalike index --copy``; see docs/benchmarks.md (section copies).
 DEFAULT_COPY_MODEL = "sscd-mobile"
@@ -102,8 +108,10 @@ def add_copy_space(
     batch_size: int = 32,
 ) -> CopySpaceReport:
     """Give ``col`` a copy space computed by ``model`` for every stored image (re-decoding
-    its files); images none of whose files can be read are reported in ``missing`` and stay
-    out of the copy space. Idempotent: only images without a copy vector are embedded.
+    its files, ``Collection.complete_spaces``); images none of whose files can be read are
+    reported in ``missing`` and stay out of the copy space. Idempotent: only images without a
+    copy vector are embedded, so a killed run is resumed by calling it again (or by any
+    indexing run).
 
     Raises:
         CollectionError: the collection already has a copy space of another model.
@@ -117,24 +125,28 @@ def add_copy_space(
         )
     embedder = load_embedder(model)
     with col.writing():
+        # Recorded first: a run killed from here on leaves the space incomplete, which every
+        # later indexing run (and `lookalike check --repair`) completes.
         col.add_space(COPY_SPACE, copy_space_spec(embedder), embedder)
-        todo = col.ids_missing(COPY_SPACE)
-        if progress:
-            progress(0, len(todo))
-        for start_at in range(0, len(todo), batch_size):
-            ids, images = [], []
-            for record in col.catalogue.images(todo[start_at : start_at + batch_size]):
-                image = decode_any(record.paths, embedder.input_size) if record else None
-                if image is None:
-                    report.missing.extend(record.paths if record else [])
-                    continue
-                ids.append(record.id)
-                images.append(image)
-            if ids:
-                col.put_vectors(COPY_SPACE, ids, embedder.embed_images(images))
-                report.embedded += len(ids)
-            if progress:
-                progress(min(start_at + batch_size, len(todo)), len(todo))
-        col.rebuild_index(COPY_SPACE)  # rebuilt from the stored vectors, then saved
+        done = col.complete_spaces(progress=progress, batch_size=batch_size)
+        if COPY_SPACE not in done.embedded:
+            col.rebuild_index(COPY_SPACE)  # nothing to add: the index still exists and is saved
+    report.embedded = done.embedded.get(COPY_SPACE, 0)
+    report.missing = done.missing
     report.seconds = time.perf_counter() - start
     return report
+
+
+def incomplete(col: Collection) -> str | None:
+    """A one-line message when some images of ``col`` have no copy vector (a run adding the
+    copy space was killed, or their files could not be read), naming the fix; else None."""
+    if COPY_SPACE not in col.spaces():
+        return None
+    missing = len(col.ids_missing(COPY_SPACE))
+    if not missing:
+        return None
+    return (
+        f"{missing} of {len(col)} images in {col.path} have no copy vector yet and are left "
+        f"out: complete them with `lookalike check --repair --collection {col.path}` (or "
+        "`lookalike index FOLDER --collection ...`)"
+    )

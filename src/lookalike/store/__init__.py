@@ -16,8 +16,11 @@ __all__ = [
 ]
 
 
-def open_catalogue(location: str | Path) -> Catalogue:
+def open_catalogue(location: str | Path, *, create: bool = True) -> Catalogue:
     """The catalogue at ``location``: a ``postgresql://`` URI, else an SQLite file path.
+
+    ``create=False``: the catalogue must exist and hold its tables (a collection's catalogue
+    that is missing or empty is an error, not a new empty catalogue).
 
     Example:
         >>> open_catalogue(":memory:").count()
@@ -27,7 +30,7 @@ def open_catalogue(location: str | Path) -> Catalogue:
     if text.startswith(("postgresql://", "postgres://")):
         from lookalike.store.postgres import PostgresCatalogue  # psycopg only when used
 
-        return PostgresCatalogue(text)
+        return PostgresCatalogue(text, create=create)
     if text.startswith("sqlite:///"):
         text = text.removeprefix("sqlite://")
-    return SQLiteCatalogue(text if text == ":memory:" else Path(text).expanduser())
+    return SQLiteCatalogue(text if text == ":memory:" else Path(text).expanduser(), create=create)

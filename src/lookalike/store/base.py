@@ -9,6 +9,7 @@ key) that holds an image's content; identical files share one image. Every write
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,6 +17,47 @@ from typing import Protocol
 import numpy as np
 
 from lookalike.errors import CatalogueError  # noqa: F401 - re-exported
+
+#: Starts the stored form of a path that is not valid UTF-8 (see :func:`path_to_store`). Stored
+#: paths are absolute or URIs, so none starts with this control character on its own; a path
+#: that does is escaped too, so the mapping stays one-to-one.
+RAW_PATH_MARK = "\x01"
+
+
+def path_to_store(path: str) -> str:
+    r"""The text a catalogue stores for ``path``.
+
+    A file name that is not valid UTF-8 reaches Python with lone surrogates (``os.fsdecode``:
+    byte 0xE9 becomes U+DCE9), which no database's text column takes. Such a path is stored as
+    :data:`RAW_PATH_MARK` plus its JSON string (ASCII, with ``\udce9`` escapes), which
+    :func:`path_from_store` turns back into the same str, so the file opens again. Every other
+    path is stored as it is.
+
+    Example:
+        >>> path_to_store("/photos/caf\udce9.jpg")
+        '\x01"/photos/caf\\udce9.jpg"'
+        >>> path_from_store(path_to_store("/photos/caf\udce9.jpg")) == "/photos/caf\udce9.jpg"
+        True
+        >>> path_to_store("/photos/café.jpg")
+        '/photos/café.jpg'
+    """
+    if not path.startswith(RAW_PATH_MARK):
+        try:
+            path.encode("utf-8")
+            return path
+        except UnicodeEncodeError:
+            pass
+    return RAW_PATH_MARK + json.dumps(path)
+
+
+def path_from_store(text: str) -> str:
+    """The path stored as ``text`` (the inverse of :func:`path_to_store`)."""
+    return json.loads(text[1:]) if text.startswith(RAW_PATH_MARK) else text
+
+
+def text_to_store(text: str) -> str:
+    """Free text (a skip reason) made storable: unencodable characters backslash-escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -58,7 +100,13 @@ class ImageRecord:
 
 
 class Catalogue(Protocol):
-    """Storage for images, files, vectors and skipped files. Implementations: sqlite."""
+    """Storage for images, files, vectors and skipped files. Implementations: sqlite, postgres.
+
+    Paths may be any str ``os.fsdecode`` gives, lone surrogates included (file names that are
+    not UTF-8): implementations store them through :func:`path_to_store` and give them back
+    unchanged. Opened with ``create=False``, a catalogue that does not exist or is empty is an
+    error (its collection's images would silently be gone).
+    """
 
     def generation(self) -> int:
         """A number that grows with every change to images or vectors."""
@@ -118,6 +166,18 @@ class Catalogue(Protocol):
 
     def count(self) -> dict[str, int]:
         """Numbers of images, files and skipped files."""
+        ...
+
+    def vector_counts(self) -> dict[str, int]:
+        """How many vectors each space holds (a space is complete when it has one per image)."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A value kept beside the data (e.g. a copy of the collection's manifest), or None."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` (not a change of images: the generation stays)."""
         ...
 
     def close(self) -> None: ...

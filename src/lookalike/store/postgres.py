@@ -8,7 +8,8 @@ one (its version is the ``schema_version`` row of ``meta``; migrations run in on
 under an advisory lock, so two processes opening a new database do not race).
 
 Each batch of added images is one transaction, as with SQLite. Vectors are ``bytea`` holding
-the same little-endian float32 bytes.
+the same little-endian float32 bytes. Paths that are not valid UTF-8 are stored through
+``store.base.path_to_store`` (PostgreSQL text takes no lone surrogates), as with SQLite.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from lookalike.store.base import CatalogueError, FileState, ImageRecord, NewImage
+from lookalike.store.base import (
+    CatalogueError,
+    FileState,
+    ImageRecord,
+    NewImage,
+    path_from_store,
+    path_to_store,
+    text_to_store,
+)
 from lookalike.store.sqlite import SCHEMA_VERSION
 
 _SCHEMA_V1 = """
@@ -88,7 +97,7 @@ class PostgresCatalogue:
         {'images': 0, 'files': 0, 'skipped': 0}
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, create: bool = True) -> None:
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -104,10 +113,14 @@ class PostgresCatalogue:
             raise CatalogueError(f"cannot connect to {_safe(uri)}: {exc}") from exc
         self._db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         self._db.execute(f'SET search_path TO "{self.schema}"')
-        self._migrate()
+        try:
+            self._migrate(create)
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- schema ---------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool = True) -> None:
         with self._lock, self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             version = self._stored_version()
@@ -115,6 +128,11 @@ class PostgresCatalogue:
                 raise CatalogueError(
                     f"catalogue {_safe(self.uri)} has schema version {version}, newer than this "
                     f"lookalike understands ({SCHEMA_VERSION}): upgrade lookalike"
+                )
+            if version == 0 and not create:
+                raise CatalogueError(
+                    f"the catalogue {_safe(self.uri)} holds no lookalike tables: the "
+                    "collection's images are gone from it; run `lookalike check --repair`"
                 )
             if version == 0:
                 for statement in _SCHEMA_V1.split(";"):
@@ -160,12 +178,12 @@ class PostgresCatalogue:
     def file_states(self) -> dict[str, tuple[FileState, int]]:
         with self._lock:
             rows = self._db.execute("SELECT path, size, mtime_ns, image_id FROM files").fetchall()
-        return {p: (FileState(s, m), i) for p, s, m, i in rows}
+        return {path_from_store(p): (FileState(s, m), i) for p, s, m, i in rows}
 
     def skipped_states(self) -> dict[str, tuple[FileState, str]]:
         with self._lock:
             rows = self._db.execute("SELECT path, size, mtime_ns, reason FROM skipped").fetchall()
-        return {p: (FileState(s, m), r) for p, s, m, r in rows}
+        return {path_from_store(p): (FileState(s, m), r) for p, s, m, r in rows}
 
     def image_id_by_hash(self, content_hash: str) -> int | None:
         with self._lock:
@@ -190,7 +208,7 @@ class PostgresCatalogue:
                 '"C"',
                 (ids,),
             ):
-                paths.setdefault(image_id, []).append(path)
+                paths.setdefault(image_id, []).append(path_from_store(path))
         by_id = {
             r[0]: ImageRecord(
                 id=r[0],
@@ -253,6 +271,11 @@ class PostgresCatalogue:
                 for table in ("images", "files", "skipped")
             }
 
+    def vector_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space").fetchall()
+        return {str(space): int(n) for space, n in rows}
+
     # -- writes ---------------------------------------------------------------------------
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
         ids = []
@@ -273,7 +296,9 @@ class PostgresCatalogue:
                 ).fetchone()[0]
                 ids.append(int(image_id))
                 self._put_file(image.path, image_id, image.state)
-                self._db.execute("DELETE FROM skipped WHERE path = %s", (image.path,))
+                self._db.execute(
+                    "DELETE FROM skipped WHERE path = %s", (path_to_store(image.path),)
+                )
             rows = [
                 (image_id, space, np.ascontiguousarray(v, dtype=np.float32).tobytes())
                 for image_id, image in zip(ids, images, strict=True)
@@ -291,7 +316,7 @@ class PostgresCatalogue:
             "INSERT INTO files (path, image_id, size, mtime_ns) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (path) DO UPDATE SET image_id = EXCLUDED.image_id, "
             "size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns",
-            (path, image_id, state.size, state.mtime_ns),
+            (path_to_store(path), image_id, state.size, state.mtime_ns),
         )
 
     def put_vectors(self, space: str, ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -310,17 +335,17 @@ class PostgresCatalogue:
     def link_file(self, path: str, image_id: int, state: FileState) -> None:
         with self._lock, self._db.transaction():
             self._put_file(path, image_id, state)
-            self._db.execute("DELETE FROM skipped WHERE path = %s", (path,))
+            self._db.execute("DELETE FROM skipped WHERE path = %s", (path_to_store(path),))
 
     def touch_file(self, path: str, state: FileState) -> None:
         with self._lock, self._db.transaction():
             self._db.execute(
                 "UPDATE files SET size = %s, mtime_ns = %s WHERE path = %s",
-                (state.size, state.mtime_ns, path),
+                (state.size, state.mtime_ns, path_to_store(path)),
             )
 
     def remove_files(self, paths: Iterable[str]) -> list[int]:
-        paths = list(paths)
+        paths = [path_to_store(p) for p in paths]
         if not paths:
             return []
         with self._lock, self._db.transaction():
@@ -350,11 +375,11 @@ class PostgresCatalogue:
                 "INSERT INTO skipped (path, size, mtime_ns, reason) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (path) DO UPDATE SET size = EXCLUDED.size, "
                 "mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason",
-                (path, state.size, state.mtime_ns, reason),
+                (path_to_store(path), state.size, state.mtime_ns, text_to_store(reason)),
             )
 
     def forget_skips(self, paths: Iterable[str]) -> None:
-        paths = list(paths)
+        paths = [path_to_store(p) for p in paths]
         with self._lock, self._db.transaction():
             self._db.execute("DELETE FROM skipped WHERE path = ANY(%s)", (paths,))
 
@@ -363,6 +388,21 @@ class PostgresCatalogue:
         with self._lock, self._db.transaction():
             self._db.execute(
                 "UPDATE images SET metadata = %s WHERE id = %s", (json.dumps(metadata), image_id)
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        if key in ("generation", "schema_version"):
+            raise ValueError(f"{key} is the catalogue's own")
+        with self._lock, self._db.transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
             )
 
     def close(self) -> None:

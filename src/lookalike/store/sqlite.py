@@ -2,26 +2,45 @@
 
 Each batch of added images is one transaction, so a run killed at any moment leaves every
 committed batch intact and nothing half-written; the next run skips what is already stored.
+
+Failures of the database become :class:`CatalogueError` with one line that says what to do: a
+damaged file ("database disk image is malformed", "file is not a database", tables gone) names
+``lookalike check --repair``, a full disk says so. :func:`verify` checks a file and
+:func:`salvage` copies what is readable of a damaged one into a new one (``lookalike check``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from lookalike.store.base import CatalogueError, FileState, ImageRecord, NewImage
+from lookalike.store.base import (
+    CatalogueError,
+    FileState,
+    ImageRecord,
+    NewImage,
+    path_from_store,
+    path_to_store,
+    text_to_store,
+)
 
 SCHEMA_VERSION = 1
 
 _SCHEMA_V1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE images (
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     content_hash TEXT NOT NULL UNIQUE,
     width INTEGER NOT NULL,
@@ -30,30 +49,81 @@ CREATE TABLE images (
     metadata TEXT NOT NULL DEFAULT '{}',
     added_at REAL NOT NULL
 );
-CREATE TABLE files (
+CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
     image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL
 );
-CREATE INDEX files_by_image ON files(image_id);
-CREATE TABLE vectors (
+CREATE INDEX IF NOT EXISTS files_by_image ON files(image_id);
+CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
     space TEXT NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (space, image_id)
 );
-CREATE TABLE skipped (
+CREATE TABLE IF NOT EXISTS skipped (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
-INSERT INTO meta VALUES ('generation', '0');
+INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
 
 # version -> SQL that upgrades the schema from version-1 to version.
 _MIGRATIONS: dict[int, str] = {}
+#: The tables of the schema, in the order :func:`salvage` copies them.
+TABLES = ("meta", "images", "files", "vectors", "skipped")
+
+
+def _failure(path: str, exc: sqlite3.Error) -> CatalogueError | None:
+    """The CatalogueError a database failure means, or None for a programming error."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    message = str(exc)
+    folder = Path(path).parent
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or message.startswith(
+        ("no such table", "database disk image is malformed", "file is not a database")
+    ):
+        return CatalogueError(
+            f"the catalogue {path} is damaged ({message}): run `lookalike check --repair "
+            f"--collection {folder}`"
+        )
+    if name == "SQLITE_FULL" or "disk is full" in message:
+        return CatalogueError(
+            f"the disk holding {path} is full: nothing was half-written; free some space and "
+            "run again"
+        )
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")):
+        return CatalogueError(f"cannot use the catalogue {path}: {message}")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return CatalogueError(
+            f"the catalogue {path} is busy (another process holds it): try again later"
+        )
+    return None
+
+
+def _guarded(method: Callable) -> Callable:
+    """``method`` with database failures turned into CatalogueError (see :func:`_failure`)."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: SQLiteCatalogue, *args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise (_failure(self.path, exc) or exc) from exc
+
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self: SQLiteCatalogue, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise (_failure(self.path, exc) or exc) from exc
+
+    return wrapper
 
 
 class SQLiteCatalogue:
@@ -65,29 +135,58 @@ class SQLiteCatalogue:
         {'images': 0, 'files': 0, 'skipped': 0}
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        if not create and self.path != ":memory:":
+            size = os.stat(self.path).st_size if os.path.exists(self.path) else None
+            if not size:
+                raise CatalogueError(
+                    f"the catalogue {self.path} is "
+                    f"{'missing' if size is None else 'empty (0 bytes)'}: the collection's "
+                    f"images are gone from it; run `lookalike check --repair --collection "
+                    f"{Path(self.path).parent}`"
+                )
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise (_failure(self.path, exc) or exc) from exc
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(create)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise (_failure(self.path, exc) or exc) from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- schema ---------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    @_guarded
+    def _migrate(self, create: bool = True) -> None:
         with self._lock:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CatalogueError(
-                    f"catalogue {self.path} has schema version {version}, newer than this "
-                    f"lookalike understands ({SCHEMA_VERSION}): upgrade lookalike"
-                )
             if version == SCHEMA_VERSION:
                 return
+            # Another process may be creating the same file now: decide inside the write
+            # transaction, which waits for it, so two creators never both create the tables.
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise CatalogueError(
+                        f"catalogue {self.path} has schema version {version}, newer than this "
+                        f"lookalike understands ({SCHEMA_VERSION}): upgrade lookalike"
+                    )
+                if version == 0 and not create:
+                    raise CatalogueError(
+                        f"the catalogue {self.path} holds no lookalike tables: the collection's "
+                        f"images are gone from it; run `lookalike check --repair --collection "
+                        f"{Path(self.path).parent}`"
+                    )
                 if version == 0:
                     for statement in _SCHEMA_V1.split(";"):
                         if statement.strip():
@@ -98,10 +197,12 @@ class SQLiteCatalogue:
                     for statement in _MIGRATIONS[version].split(";"):
                         if statement.strip():
                             self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {version}")
+                if version != self._db.execute("PRAGMA user_version").fetchone()[0]:
+                    self._db.execute(f"PRAGMA user_version = {version}")
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
 
     def schema_version(self) -> int:
@@ -125,12 +226,12 @@ class SQLiteCatalogue:
     def file_states(self) -> dict[str, tuple[FileState, int]]:
         with self._lock:
             rows = self._db.execute("SELECT path, size, mtime_ns, image_id FROM files").fetchall()
-        return {p: (FileState(s, m), i) for p, s, m, i in rows}
+        return {path_from_store(p): (FileState(s, m), i) for p, s, m, i in rows}
 
     def skipped_states(self) -> dict[str, tuple[FileState, str]]:
         with self._lock:
             rows = self._db.execute("SELECT path, size, mtime_ns, reason FROM skipped").fetchall()
-        return {p: (FileState(s, m), r) for p, s, m, r in rows}
+        return {path_from_store(p): (FileState(s, m), r) for p, s, m, r in rows}
 
     def image_id_by_hash(self, content_hash: str) -> int | None:
         with self._lock:
@@ -154,7 +255,7 @@ class SQLiteCatalogue:
             for image_id, path in self._db.execute(
                 f"SELECT image_id, path FROM files WHERE image_id IN ({marks}) ORDER BY path", ids
             ):
-                paths.setdefault(image_id, []).append(path)
+                paths.setdefault(image_id, []).append(path_from_store(path))
         by_id = {
             r[0]: ImageRecord(
                 id=r[0],
@@ -218,6 +319,11 @@ class SQLiteCatalogue:
                 for table in ("images", "files", "skipped")
             }
 
+    def vector_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space").fetchall()
+        return {str(space): int(n) for space, n in rows}
+
     # -- writes ---------------------------------------------------------------------------
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
         ids = []
@@ -241,9 +347,9 @@ class SQLiteCatalogue:
                 db.execute(
                     "INSERT OR REPLACE INTO files (path, image_id, size, mtime_ns) "
                     "VALUES (?, ?, ?, ?)",
-                    (image.path, image_id, image.state.size, image.state.mtime_ns),
+                    (path_to_store(image.path), image_id, image.state.size, image.state.mtime_ns),
                 )
-                db.execute("DELETE FROM skipped WHERE path = ?", (image.path,))
+                db.execute("DELETE FROM skipped WHERE path = ?", (path_to_store(image.path),))
                 db.executemany(
                     "INSERT INTO vectors (image_id, space, data) VALUES (?, ?, ?)",
                     [
@@ -269,19 +375,19 @@ class SQLiteCatalogue:
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO files (path, image_id, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                (path, image_id, state.size, state.mtime_ns),
+                (path_to_store(path), image_id, state.size, state.mtime_ns),
             )
-            db.execute("DELETE FROM skipped WHERE path = ?", (path,))
+            db.execute("DELETE FROM skipped WHERE path = ?", (path_to_store(path),))
 
     def touch_file(self, path: str, state: FileState) -> None:
         with self._transaction() as db:
             db.execute(
                 "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                (state.size, state.mtime_ns, path),
+                (state.size, state.mtime_ns, path_to_store(path)),
             )
 
     def remove_files(self, paths: Iterable[str]) -> list[int]:
-        paths = list(paths)
+        paths = [path_to_store(p) for p in paths]
         if not paths:
             return []
         with self._transaction() as db:
@@ -312,12 +418,14 @@ class SQLiteCatalogue:
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
-                (path, state.size, state.mtime_ns, reason),
+                (path_to_store(path), state.size, state.mtime_ns, text_to_store(reason)),
             )
 
     def forget_skips(self, paths: Iterable[str]) -> None:
         with self._transaction() as db:
-            db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+            db.executemany(
+                "DELETE FROM skipped WHERE path = ?", [(path_to_store(p),) for p in paths]
+            )
 
     def set_metadata(self, image_id: int, metadata: dict) -> None:
         """Replace the metadata of one image."""
@@ -326,9 +434,25 @@ class SQLiteCatalogue:
                 "UPDATE images SET metadata = ? WHERE id = ?", (json.dumps(metadata), image_id)
             )
 
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        if key == "generation":
+            raise ValueError("the generation is the catalogue's own")
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+for _name, _method in list(vars(SQLiteCatalogue).items()):
+    if callable(_method) and not _name.startswith("_") and _name != "close":
+        setattr(SQLiteCatalogue, _name, _guarded(_method))
 
 
 class _Transaction:
@@ -339,12 +463,25 @@ class _Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
         return self.db
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         try:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error:  # e.g. the disk is full: leave no transaction open
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                    raise
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
         finally:
             self.lock.release()
 
@@ -352,3 +489,167 @@ class _Transaction:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# -- checking and salvaging a file (``lookalike check``) ---------------------------------------
+def verify(path: str | Path, limit: int = 20) -> list[str]:
+    """What is wrong with the SQLite catalogue file ``path`` (empty when it is sound): a missing
+    or empty file, a file that is not a lookalike catalogue, ``PRAGMA integrity_check``'s
+    findings, rows pointing at images that do not exist (``foreign_key_check``)."""
+    path = str(path)
+    if not os.path.exists(path):
+        return [f"{path} is missing"]
+    if os.stat(path).st_size == 0:
+        return [f"{path} is empty (0 bytes)"]
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        return [f"{path} cannot be opened: {exc}"]
+    try:
+        db.execute("PRAGMA query_only = ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            return [f"{path} holds no lookalike tables"]
+        found = [r[0] for r in db.execute("PRAGMA integrity_check").fetchmany(limit)]
+        problems = [f"{path}: {line}" for line in found if line != "ok"]
+        if not problems:
+            orphans = db.execute("PRAGMA foreign_key_check").fetchall()
+            by_table: dict[str, int] = {}
+            for table, *_ in orphans:
+                by_table[table] = by_table.get(table, 0) + 1
+            problems += [
+                f"{path}: {n} {table} rows point at images that do not exist"
+                for table, n in sorted(by_table.items())
+            ]
+        return problems
+    except sqlite3.Error as exc:
+        return [f"{path}: {exc}"]
+    finally:
+        db.close()
+
+
+@dataclass
+class Salvaged:
+    """What :func:`salvage` saved: rows copied and rows lost, by table; the files whose image
+    was lost (they are indexed again by the next ``index`` of their folder)."""
+
+    copied: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    orphan_files: list[str] = field(default_factory=list)
+    generation: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.lost.values()) and not self.orphan_files
+
+    def to_dict(self) -> dict:
+        return {
+            "copied": self.copied,
+            "lost": self.lost,
+            "orphan_files": self.orphan_files,
+        }
+
+
+_COLUMNS = {
+    "meta": ("key", "value"),
+    "images": ("id", "content_hash", "width", "height", "bytes", "metadata", "added_at"),
+    "files": ("path", "image_id", "size", "mtime_ns"),
+    "vectors": ("image_id", "space", "data"),
+    "skipped": ("path", "size", "mtime_ns", "reason"),
+}
+
+
+def _readable_rows(
+    db: sqlite3.Connection, table: str, chunk: int = 512, budget: int = 20_000
+) -> tuple[list[tuple], int]:
+    """Every row of ``table`` that can still be read, by rowid ranges; a range that fails is
+    split until single rows, and rows that fail alone are counted lost (-1: the table's root is
+    unreadable, so all of it). Gaps in the numbering are not losses. At most ``budget`` single
+    rows are tried; a damaged right edge (no readable maximum rowid) is searched up to 2**20."""
+    columns = ", ".join(_COLUMNS[table])
+    first = top = None
+    with contextlib.suppress(sqlite3.Error):
+        row = db.execute(f"SELECT rowid FROM {table} ORDER BY rowid LIMIT 1").fetchone()
+        first = row[0] if row else 0
+    with contextlib.suppress(sqlite3.Error):
+        top = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    if first is None and top is None:
+        return [], -1
+    top = (1 << 20) if top is None else top
+    rows: list[tuple] = []
+    lost = 0
+    pending = [(lo, min(lo + chunk - 1, top)) for lo in range(max(first or 1, 1), top + 1, chunk)]
+    pending.reverse()
+    while pending:
+        lo, hi = pending.pop()
+        try:
+            rows += db.execute(
+                f"SELECT {columns} FROM {table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
+                (lo, hi),
+            ).fetchall()
+        except sqlite3.Error:
+            if lo == hi or budget <= 0:
+                lost += 1  # a row, or (out of budget) at least one in the range
+                budget -= 1
+            else:
+                mid = (lo + hi) // 2
+                pending += [(mid + 1, hi), (lo, mid)]
+    return rows, lost
+
+
+def salvage(source: str | Path, target: str | Path) -> Salvaged:
+    """Copy every readable row of the damaged catalogue ``source`` into a new catalogue
+    ``target`` (which must not exist), keeping what holds together: files and vectors of images
+    that were saved, images that still have a file. ``source`` is only read."""
+    report = Salvaged()
+    SQLiteCatalogue(target).close()
+    out = sqlite3.connect(str(target), isolation_level=None)
+    try:
+        src = sqlite3.connect(str(source), isolation_level=None)
+        src.execute("PRAGMA query_only = ON")
+    except sqlite3.Error:
+        src = None
+    try:
+        rows: dict[str, list[tuple]] = {}
+        for table in TABLES:
+            try:
+                if src is None:
+                    raise sqlite3.DatabaseError("cannot be opened")
+                rows[table], report.lost[table] = _readable_rows(src, table)
+            except sqlite3.Error:
+                rows[table], report.lost[table] = [], -1  # -1: the whole table is unreadable
+        image_ids = {r[0] for r in rows["images"]}
+        files = []
+        for row in rows["files"]:
+            (files if row[1] in image_ids else report.orphan_files).append(row)
+        report.orphan_files = [path_from_store(str(r[0])) for r in report.orphan_files]
+        with_files = {r[1] for r in files}
+        images = [r for r in rows["images"] if r[0] in with_files]
+        report.lost["images"] = report.lost["images"] + len(rows["images"]) - len(images)
+        vectors = [r for r in rows["vectors"] if r[0] in with_files]
+        meta = dict(r for r in rows["meta"] if isinstance(r[0], str))
+        with contextlib.suppress(TypeError, ValueError):
+            report.generation = int(meta.get("generation", 0))
+        report.generation += 1  # never equal to a stamp of an index of the damaged file
+        meta["generation"] = str(report.generation)
+        out.execute("BEGIN IMMEDIATE")
+        for table, kept in (
+            ("meta", list(meta.items())),
+            ("images", images),
+            ("files", files),
+            ("vectors", vectors),
+            ("skipped", rows["skipped"]),
+        ):
+            columns = _COLUMNS[table]
+            marks = ", ".join("?" * len(columns))
+            cursor = out.executemany(
+                f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", kept
+            )
+            report.copied[table] = max(cursor.rowcount, 0) if table != "meta" else len(kept)
+        out.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(report.generation),))
+        out.execute("COMMIT")
+    finally:
+        out.close()
+        if src is not None:
+            src.close()
+    return report
