@@ -132,12 +132,40 @@ def _commands() -> list[str]:
     return sorted(typer.main.get_command(app).commands)
 
 
+def _command_paths() -> list[list[str]]:
+    """The app and every command under it, subcommands of groups included."""
+    import typer.main
+
+    def walk(command, path: list[str]):
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
 def test_every_capability_registers_its_commands() -> None:
     expected = {"index", "search", "info", "remove", "models", "eval", "serve", "train"}
     expected |= {"index-video", "locate", "duplicates", "detect"}
     assert expected <= set(_commands())
 
 
-@pytest.mark.parametrize("command", _commands())
-def test_help_for_every_command(command: str) -> None:
-    assert "Usage" in run(command, "--help").stdout
+#: What must never show in a help text: Python types, the usage line's braces around required
+#: arguments, module paths standing in for values, an unset default.
+PLACEHOLDERS = ("<list[", "lookalike.", "{", "None]", "<class ")
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "lookalike")
+def test_help_names_values_not_placeholders(path: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.stdout, result.output
+    leaked = [p for p in PLACEHOLDERS if p in result.stdout]
+    assert not leaked, (leaked, result.stdout)
+    assert CliRunner().invoke(app, [*path, "-h"]).stdout == result.stdout
+
+
+def test_help_runs_as_a_program() -> None:
+    assert "Usage" in run("search", "--help").stdout
+    assert run("--version").stdout.startswith("lookalike ")

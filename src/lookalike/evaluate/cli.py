@@ -9,16 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from lookalike.cli import validate
 from lookalike.cli.common import JsonOpt, err, errors, out, progress_bar
 from lookalike.collection import DEFAULT_MODEL
+from lookalike.evaluate.datasets import LAYOUTS
 
 
 def eval_(
     dataset: Annotated[
         Path,
         typer.Argument(
+            metavar="DATASET",
+            callback=validate.existing_path,
             help="Evaluation set: class folders, query/ + gallery/, a flat UKBench folder, or a "
-            "'query,reference' pairs CSV."
+            "'query,reference' pairs CSV.",
         ),
     ],
     collection: Annotated[
@@ -26,22 +30,37 @@ def eval_(
         typer.Option(
             "--collection",
             "-c",
+            metavar="DIR",
             help="Collection folder for the embeddings (created or extended); default: a cache "
             "collection per dataset and model.",
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help=f"Model (default: the collection's, else {DEFAULT_MODEL}).")
+        str | None,
+        typer.Option(
+            metavar="MODEL",
+            callback=validate.model_name,
+            help=f"Model (default: the collection's, else {DEFAULT_MODEL}).",
+        ),
     ] = None,
     layout: Annotated[
         str | None,
-        typer.Option(help="folders, query-gallery, ukbench or pairs (default: detected)."),
+        typer.Option(
+            metavar="LAYOUT",
+            callback=validate.choice(*LAYOUTS, what="layout"),
+            help=f"One of {', '.join(LAYOUTS)} [detected].",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     report: Annotated[
-        Path | None, typer.Option(help="Write an HTML report (index.html + PNGs) to this folder.")
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Write an HTML report (index.html + PNGs) to this folder."
+        ),
     ] = None,
-    worst: Annotated[int, typer.Option(min=0, help="Worst queries to show in the report.")] = 25,
+    worst: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Worst queries to show in the report.")
+    ] = 25,
 ) -> None:
     """Measure retrieval quality on a labelled dataset: mAP, P@k, CMC, N-S, µAP, timings."""
     from lookalike.evaluate.datasets import DatasetError

@@ -1,7 +1,10 @@
 """Maps of located photos: the reference track, true positions when known, predicted positions.
 
-``write_map("out.html", ...)`` writes one self-contained HTML page with an SVG drawing (no tiles,
-no scripts, nothing fetched); ``write_map("out.png", ...)`` draws the same with matplotlib.
+The file's extension says what is written: ``.html`` (or ``.htm``) one self-contained page with
+an SVG drawing (no tiles, no scripts, nothing fetched), ``.png`` the same drawn with matplotlib,
+``.geojson`` the positions as GeoJSON features for GIS tools (a reference ``LineString``, a
+``Point`` per prediction and per true position, a ``LineString`` per error). Any other extension
+is refused. Each legend names only what the map draws.
 
 Example:
     >>> write_map("map.html", ref_lat, ref_lon, predicted=locations)  # doctest: +SKIP
@@ -10,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +25,8 @@ from lookalike.geo.tracks import to_local
 
 SIZE = 800
 MARGIN = 40
+#: What :func:`write_map` writes, by extension.
+FORMATS = {".html": "html", ".htm": "html", ".png": "png", ".geojson": "geojson"}
 
 
 def write_map(
@@ -35,9 +41,19 @@ def write_map(
     """Draw the reference positions (a line in their order), each prediction with its
     uncertainty circle, and the true position with an error line when ``truth`` gives one.
 
-    ``path`` ending in ``.png`` is drawn with matplotlib, anything else is HTML with SVG.
+    ``path`` ending in ``.png`` is drawn with matplotlib, ``.html``/``.htm`` is HTML with SVG,
+    ``.geojson`` is GeoJSON.
+
+    Raises:
+        ValueError: another extension, or nothing to draw.
     """
     path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"{path}: a map is written as .html, .png or .geojson, "
+            f"not {path.suffix or 'a name without extension'}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     located = [p for p in predicted if math.isfinite(p.lat)]
     truth = list(truth) if truth is not None else [None] * len(predicted)
@@ -47,11 +63,70 @@ def write_map(
     if len(all_lat) == 0:
         raise ValueError("nothing to draw: no reference positions and no predictions")
     lat0, lon0 = float(np.mean(all_lat)), float(np.mean(all_lon))
-    if path.suffix.lower() == ".png":
+    if kind == "png":
         _png(path, lat0, lon0, ref_lat, ref_lon, pairs, title)
+    elif kind == "geojson":
+        path.write_text(json.dumps(_geojson(ref_lat, ref_lon, pairs, title)))
     else:
         path.write_text(_html(lat0, lon0, all_lat, all_lon, ref_lat, ref_lon, pairs, title))
     return path
+
+
+def _legend(has_reference: bool, pairs: Sequence) -> list[str]:
+    """What the map draws, for its legend: only the kinds of marks present."""
+    parts = ["grey: reference track"] if has_reference else []
+    if pairs:
+        circle = any(math.isfinite(p.radius_m) and p.radius_m > 0 for p, _ in pairs)
+        parts.append("blue: predicted" + (" (circle: uncertainty radius)" if circle else ""))
+    if any(t is not None for _, t in pairs):
+        parts += ["green: true position", "red: error"]
+    return parts
+
+
+def _geojson(ref_lat, ref_lon, pairs, title) -> dict:
+    """GeoJSON (RFC 7946: longitude first) of the reference track, predictions, truths."""
+    from lookalike.geo.tracks import haversine
+
+    features = []
+    reference = [[float(lo), float(la)] for la, lo in zip(ref_lat, ref_lon, strict=True)]
+    if len(reference) > 1:
+        geometry = {"type": "LineString", "coordinates": reference}
+        features.append(
+            {"type": "Feature", "geometry": geometry, "properties": {"kind": "reference"}}
+        )
+    elif reference:
+        geometry = {"type": "Point", "coordinates": reference[0]}
+        features.append(
+            {"type": "Feature", "geometry": geometry, "properties": {"kind": "reference"}}
+        )
+    for location, true in pairs:
+        here = [float(location.lon), float(location.lat)]
+        radius = location.radius_m if math.isfinite(location.radius_m) else None
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": here},
+                "properties": {"kind": "predicted", "query": location.query, "radius_m": radius},
+            }
+        )
+        if true is not None:
+            there = [float(true[1]), float(true[0])]
+            error = float(haversine(location.lat, location.lon, *true))
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": there},
+                    "properties": {"kind": "truth", "query": location.query},
+                }
+            )
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "LineString", "coordinates": [there, here]},
+                    "properties": {"kind": "error", "query": location.query, "error_m": error},
+                }
+            )
+    return {"type": "FeatureCollection", "name": title, "features": features}
 
 
 def _html(lat0, lon0, all_lat, all_lon, ref_lat, ref_lon, pairs, title) -> str:
@@ -113,8 +188,8 @@ def _html(lat0, lon0, all_lat, all_lon, ref_lat, ref_lon, pairs, title) -> str:
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:20px}td,th{padding:2px 8px;text-align:right}"
         "</style>"
-        f"<h1>{html.escape(title)}</h1><p>grey: reference track · blue: predicted (circle: "
-        "uncertainty radius) · green: true position · red: error</p>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(' · '.join(_legend(len(ref_lat) > 0, pairs)))}</p>"
         + "".join(parts)
         + "<table><tr><th>query</th><th>lat</th><th>lon</th><th>radius m</th><th>error m</th></tr>"
         + rows
@@ -139,16 +214,28 @@ def _png(path, lat0, lon0, ref_lat, ref_lon, pairs, title) -> None:
     figure, axes = plt.subplots(figsize=(8, 8))
     if len(ref_lat):
         ref = to_local(ref_lat, ref_lon, lat0, lon0)
-        axes.plot(ref[:, 0], ref[:, 1], "-o", color="#999", markersize=3, label="reference")
-    for n, (location, true) in enumerate(pairs):
+        axes.plot(ref[:, 0], ref[:, 1], "-o", color="#999", markersize=3, label="reference track")
+    labelled: set[str] = set()
+
+    def once(name: str) -> str | None:  # each kind of mark in the legend once, when drawn
+        if name in labelled:
+            return None
+        labelled.add(name)
+        return name
+
+    for location, true in pairs:
         p = to_local(location.lat, location.lon, lat0, lon0)
         if true is not None:
             t = to_local(*true, lat0, lon0)
-            axes.plot([t[0], p[0]], [t[1], p[1]], color="#d33", linewidth=0.8)
-            axes.plot(*t, "o", color="#2a2", markersize=4, label="truth" if n == 0 else None)
-        axes.plot(*p, "o", color="#36c", markersize=4, label="predicted" if n == 0 else None)
-        if math.isfinite(location.radius_m):
-            axes.add_patch(plt.Circle(p, location.radius_m, color="#36c", alpha=0.06))
+            axes.plot([t[0], p[0]], [t[1], p[1]], color="#d33", linewidth=0.8, label=once("error"))
+            axes.plot(*t, "o", color="#2a2", markersize=4, label=once("true position"))
+        axes.plot(*p, "o", color="#36c", markersize=4, label=once("predicted"))
+        if math.isfinite(location.radius_m) and location.radius_m > 0:
+            axes.add_patch(
+                plt.Circle(
+                    p, location.radius_m, color="#36c", alpha=0.06, label=once("uncertainty radius")
+                )
+            )
     axes.set_aspect("equal")
     axes.set_xlabel("east (m)")
     axes.set_ylabel("north (m)")
