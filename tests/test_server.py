@@ -433,3 +433,13 @@ def test_originals_and_thumbnails_in_s3(tmp_path, embedder, photos, moto_s3):
         assert len(keys()) == 2
         client.delete(f"/catalogs/{catalog}", headers=auth(ADMIN))
         assert keys() == []
+
+
+def test_a_text_with_a_colon_is_text_not_a_weight(client, photos):
+    """``TEXT:WEIGHT`` is CLI syntax; through the API "cat: sleeping" is searched as written."""
+    catalog = new_catalog(client)
+    upload(client, catalog, photos)
+    url = f"/catalogs/{catalog}/search"
+    r = client.post(url, json={"text": "cat: sleeping", "k": 2}, headers=auth(ADMIN))
+    assert r.status_code == 200, r.text
+    assert client.post(url, json={"text": "  "}, headers=auth(ADMIN)).status_code == 400

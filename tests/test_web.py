@@ -59,11 +59,31 @@ def page():
         browser.close()
 
 
+def csp_violations(page) -> list[str]:
+    """Console messages of the page that report something its Content-Security-Policy
+    blocked (filled as the page runs)."""
+    found: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            found.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
+    )
+    return found
+
+
 def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
     from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    page.goto(server_url)
+    blocked = csp_violations(page)
+    response = page.goto(server_url)
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
     page.fill("#key", ADMIN)
     page.click("#key-form button")
     expect(page.locator("#message")).to_contain_text("Signed in as admin")
@@ -178,6 +198,26 @@ def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
     expect(page.locator("#message")).to_contain_text("Deleted Photos")
     expect(page.locator("#catalog option")).to_have_count(1)
     expect(page.locator("#results .card")).to_have_count(0)
+    assert blocked == []  # the whole page works under its Content-Security-Policy
+
+
+def test_api_docs_work_offline_under_the_policy(page, server_url):
+    """/docs is Swagger UI from the server's own files: every request the page makes goes to
+    the server (none to a CDN), nothing is blocked by the Content-Security-Policy, and the
+    routes are listed."""
+    from playwright.sync_api import expect
+
+    pytest.importorskip("fastapi_offline")
+    blocked = csp_violations(page)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    response = page.goto(f"{server_url}/docs")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    expect(page.locator(".opblock-summary-path", has_text="/search")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "web-docs.png"))
+    outside = [u for u in requested if not u.startswith((server_url, "data:", "blob:"))]
+    assert outside == [] and blocked == [], (outside, blocked)
 
 
 def _scene(items: dict[str, tuple[float, tuple[int, int]]]) -> Image.Image:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,36 @@ FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", 
 #: Largest image, in pixels, that is decoded (a 100-megapixel photo is fine; a bomb is not).
 MAX_PIXELS = 120_000_000
 
+#: Largest peak, in bytes, one decode may hold unless the caller says otherwise (see
+#: :func:`decode_cost`): a 120 MP RGB photo fits, twice over.
+MAX_DECODE_BYTES = 1 << 30
+#: Formats whose decoder fills buffers of its own besides the image (measured peaks: WebP
+#: decodes into RGBA buffers that Pillow copies and converts; GIF keeps frame state).
+FORMAT_BUFFERS = {"WEBP": 4, "GIF": 3, "HEIF": 2, "AVIF": 2}
+#: Rows are converted to RGB in strips whose widest intermediate takes this many bytes (a
+#: strip makes a few: crops, alpha composites, float64 arrays for 16-bit grey).
+STRIP_BYTES = 4 << 20
+STRIP_COPIES = 6
+#: Decoder state, tables and Python objects on top of the pixels.
+DECODE_OVERHEAD = 24 << 20
+#: Modes converted strip by strip (each strip makes intermediates of its own).
+STRIPPED = frozenset(
+    {"RGBA", "LA", "PA", "RGBa", "La", "P", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+)
+#: Modes scaled to 8 bits through NumPy with the whole image's extrema.
+SCALED = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+ORIENTATION = 0x0112
+#: EXIF orientation -> the transposition that makes the image upright (as ImageOps does).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
 # Our own limit is checked from the header before any pixel is decoded; Pillow's own guard would
 # otherwise warn (and raise only at twice its limit).
 Image.MAX_IMAGE_PIXELS = None
@@ -56,6 +87,7 @@ def decode(
     *,
     min_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODE_BYTES,
 ) -> Image.Image:
     """Decode ``source`` into an upright 8-bit RGB image.
 
@@ -64,12 +96,81 @@ def decode(
         min_side: when set, large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling)
             whose shorter side is still at least ``min_side``: much faster for big photos.
         max_pixels: larger images are refused as possible decompression bombs.
+        max_bytes: the memory the decode may hold at its peak, estimated from the header
+            (:func:`decode_cost`): a JPEG is decoded at a reduced scale to fit, another format
+            is reduced while it is converted when its pixels fit but the conversion would not,
+            and refused when its decoded pixels alone would not fit.
 
     Raises:
         ImageError: empty, truncated, corrupt, unsupported, or too large.
     """
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
+    image = _open(source, max_pixels)
+    plan = _plan(image, min_side, max_bytes)
+    if plan.draft is not None:
+        image.draft("RGB", plan.draft)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/ICC chatter; real failures raise below
+            image.load()
+            orientation = _orientation(image)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg:
+            raise ImageError("truncated image (file ends early)") from None
+        raise ImageError(f"corrupt image data: {msg}") from None
+    # Converted (and reduced) first, turned upright after: the copy a turn makes is of the
+    # smallest image, and nothing is copied when the image is already upright.
+    rgb = _to_rgb(image, plan.reduce)
+    del image
+    if orientation is not None:
+        rgb = rgb.transpose(orientation)
+    return rgb
+
+
+def decode_cost(
+    source: str | Path | bytes,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODE_BYTES,
+) -> int:
+    """The bytes :func:`decode` with the same arguments holds at its peak, from the header.
+
+    The decoded pixels in Pillow's storage (4 bytes a pixel for RGB and every other
+    multi-band mode, 2 for 16-bit grey, 1 for grey and palette; twice that for formats whose
+    decoder keeps a buffer of its own), plus the 8-bit RGB result when a conversion is needed,
+    plus a turned copy for an EXIF orientation: after the JPEG draft scale or the reduction
+    that ``max_bytes`` asks for. A caller that admits decodes under a memory budget reserves
+    this much (a 7000x7000 16-bit RGBA PNG of 372 KB costs about 400 MB).
+
+    Raises:
+        ImageError: what :func:`decode` raises from the header (not an image, too many
+            pixels, too many bytes even reduced).
+
+    Example:
+        >>> import io
+        >>> buffer = io.BytesIO()
+        >>> Image.new("RGBA", (1000, 1000)).save(buffer, "PNG")
+        >>> decode_cost(buffer.getvalue()) // 2**20  # RGBA + RGB result + strips + decoder
+        35
+    """
+    return _plan(_open(source, max_pixels), min_side, max_bytes).peak
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one image is decoded: the JPEG draft size (or None), the reduction factor applied
+    while converting to RGB, and the bytes held at the peak."""
+
+    draft: tuple[int, int] | None
+    reduce: int
+    peak: int
+
+
+def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
+    """The image with its header read (no pixels yet), checked against ``max_pixels``."""
     data = Path(source).read_bytes() if isinstance(source, str | Path) else source
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -91,29 +192,116 @@ def decode(
         )
     if width == 0 or height == 0:
         raise ImageError("image has no pixels")
-    if min_side and image.format == "JPEG":
-        # draft() keeps both sides >= the request, so the shorter side stays >= min_side.
-        image.draft("RGB", (min_side, min_side))
+    return image
+
+
+def pixel_bytes(mode: str) -> int:
+    """Bytes a pixel of ``mode`` takes in Pillow's memory (RGB is stored in 4)."""
+    if mode in {"1", "L", "P"}:
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _plan(image: Image.Image, min_side: int | None, max_bytes: int) -> _Plan:
+    """The draft scale or reduction that keeps the decode of ``image`` under ``max_bytes``."""
+    width, height = image.size
+    jpeg = image.format == "JPEG"
+    turned = _orientation_hint(image)
+    factor = FORMAT_BUFFERS.get(image.format or "", 1)
+    # What draft() picks for (min_side, min_side): both sides stay >= min_side.
+    scale = _draft_scale(width, height, min_side) if jpeg and min_side else 1
+
+    def peak(scale: int, reduce: int) -> tuple[int, int]:
+        w, h = -(-width // scale), -(-height // scale)
+        mode = image.mode
+        source = w * h * pixel_bytes(mode) * factor
+        rw, rh = -(-w // reduce), -(-h // reduce)
+        converted = 0 if (mode == "RGB" and reduce == 1) else rw * rh * 4
+        final = rw * rh * 4
+        strips = min(source, STRIP_COPIES * STRIP_BYTES) if converted else 0
+        return source, source + converted + (final if turned else 0) + strips + DECODE_OVERHEAD
+
+    source, total = peak(scale, 1)
+    while jpeg and total > max_bytes and scale < 8:
+        scale *= 2
+        source, total = peak(scale, 1)
+    reduce = 1
+    if total > max_bytes and source + DECODE_OVERHEAD < max_bytes and not jpeg:
+        while total > max_bytes and reduce < min(width, height):
+            reduce += 1
+            source, total = peak(scale, reduce)
+    if total > max_bytes:
+        raise ImageError(
+            f"decoding this {width}x{height} {image.mode} {image.format} would take about "
+            f"{total / 2**20:,.0f} MB, more than the {max_bytes / 2**20:,.0f} MB allowed; "
+            "send a smaller image"
+        )
+    draft = None
+    if jpeg and scale > 1:
+        # The request draft() turns into ``scale``: (min_side, min_side) when that is the
+        # scale min_side alone gives (as decode always did), else the size at that scale.
+        natural = min_side and scale == _draft_scale(width, height, min_side)
+        draft = (min_side, min_side) if natural else (width // scale, height // scale)
+    return _Plan(draft, reduce, total)
+
+
+def _draft_scale(width: int, height: int, side: int) -> int:
+    """The DCT scale JPEG's draft() picks for a request of (side, side)."""
+    fit = min(width // side, height // side)
+    return next((s for s in (8, 4, 2, 1) if fit >= s), 1)
+
+
+def _orientation_hint(image: Image.Image) -> bool:
+    """Whether the header says the image is stored turned (so decoding copies it once more)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/ICC chatter; real failures raise below
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        msg = str(exc) or type(exc).__name__
-        if "truncated" in msg:
-            raise ImageError("truncated image (file ends early)") from None
-        raise ImageError(f"corrupt image data: {msg}") from None
-    return to_rgb(image)
+        if image.format == "PNG" and "exif" not in image.info:
+            return False  # an eXIf chunk after the pixels is found only by loading them
+        return image.getexif().get(ORIENTATION, 1) not in (1, None)
+    except Exception:  # a damaged EXIF block: decode() finds out
+        return False
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The transposition that makes a loaded image upright (``ImageOps.exif_transpose``'s)."""
+    try:
+        orientation = image.getexif().get(ORIENTATION, 1)
+    except Exception:
+        return None
+    return TRANSPOSE.get(orientation)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB (alpha composited over white, 16-bit scaled)."""
+    return _to_rgb(image, 1)
+
+
+def _to_rgb(image: Image.Image, reduce: int) -> Image.Image:
+    """8-bit RGB, reduced ``reduce`` times per side (box filter), converted in strips of rows
+    so that the peak is the source plus the result, never a few full-size intermediates."""
     mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
-        return Image.fromarray(_to_uint8(np.asarray(image)), "L").convert("RGB")
+    if reduce == 1 and (mode == "RGB" or mode not in STRIPPED):
+        return image if mode == "RGB" else image.convert("RGB")
+    width, height = image.size
+    out = Image.new("RGB", (-(-width // reduce), -(-height // reduce)))
+    extrema = image.getextrema() if mode in SCALED else None
+    widest = 8 if mode in SCALED else 4  # float64 grey; RGBA
+    rows = max(1, STRIP_BYTES // (width * widest))
+    rows = max(reduce, rows - rows % reduce)
+    for top in range(0, height, rows):
+        strip = _strip_to_rgb(image.crop((0, top, width, min(height, top + rows))), extrema)
+        if reduce > 1:
+            strip = strip.reduce(reduce)
+        out.paste(strip, (0, top // reduce))
+    return out
+
+
+def _strip_to_rgb(image: Image.Image, extrema: object) -> Image.Image:
+    mode = image.mode
+    if mode in SCALED:
+        low, high = extrema  # type: ignore[misc]
+        return Image.fromarray(_to_uint8(np.asarray(image), low, high), "L").convert("RGB")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
@@ -124,13 +312,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _to_uint8(array: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """8-bit grey from 16-bit, 32-bit or float grey; ``low``/``high`` are the whole image's
+    extrema when ``array`` is one strip of it."""
     array = array.astype(np.float64)
-    if array.max(initial=0) <= 255 and array.min(initial=0) >= 0:
+    if low is None or high is None:
+        low, high = (array.min(), array.max()) if array.size else (0, 0)
+    lo, hi = float(low), float(high)
+    if hi <= 255 and lo >= 0:
         return array.astype(np.uint8)
-    if array.min() >= 0 and array.max() <= 65535:
+    if lo >= 0 and hi <= 65535:
         return (array / 257.0).round().astype(np.uint8)  # 16-bit range to 8-bit
-    lo, hi = float(array.min()), float(array.max())
     return ((array - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
 
 

@@ -11,6 +11,16 @@ Each catalogue keeps a local copy of every original (``files/<content hash>``): 
 the Collection indexes, and keypoint verification (``detect``) and the copy space
 (``duplicates``) read it again later.
 
+Memory: every decode is admitted under the worker's decode budget (``budget``, a
+:class:`~lookalike.server.limits.Gate` of bytes, each decode's cost estimated from its header by
+:func:`lookalike.images.decode_cost`) and bounded by ``max_decode_bytes``; an upload batch is
+handed to the Collection (which decodes each file again) in groups whose decodes fit that bound.
+
+A deleted catalogue leaves nothing behind: its registry row is its existence, checked under the
+write lock before every commit; an upload that finds its catalogue gone (deleted while it was
+storing files) removes everything stored under the catalogue's id, and nothing recreates a
+deleted catalogue's folder.
+
 Example:
     >>> cats = Catalogs(config, db, storage, load_embedder)  # doctest: +SKIP
     >>> cat = cats.create("shoes", "efficientnet-lite0")  # doctest: +SKIP
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import math
 import os
 import re
@@ -44,14 +55,16 @@ from lookalike.errors import (
     NotFoundError,
     UnavailableError,
 )
-from lookalike.images import ImageError, decode, thumbnail
+from lookalike.images import DECODE_OVERHEAD, ImageError, decode, decode_cost, thumbnail
 from lookalike.ingest.files import content_hash
 from lookalike.models import Embedder, ModelError
 from lookalike.server.config import ServerConfig
 from lookalike.server.db import ServerDB
+from lookalike.server.limits import Gate
 from lookalike.server.shapes import clip_box, crop, hit_json, image_json, matches, record_json
 from lookalike.server.storage import Storage
 
+log = logging.getLogger("lookalike.server")
 CATALOG_ID = re.compile(r"^c_[0-9a-f]{12}$")
 MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 #: How many times more results a filtered search asks the index for.
@@ -73,6 +86,8 @@ class _Staged:
     path: Path
     content_hash: str
     metadata: dict
+    #: What the Collection's own decode of the file holds at its peak (pixels and result).
+    cost: int = 0
 
 
 class Catalogs:
@@ -100,6 +115,10 @@ class Catalogs:
         self._stamps: dict[tuple[int, str], tuple[int, int] | None] = {}
         self._files_checked: set[str] = set()
         self._guard = threading.Lock()
+        #: Bytes of decode memory in flight in this worker.
+        self.budget = Gate(config.decode_budget_bytes, "the memory for decoding images")
+        #: URL fetches in flight in this worker.
+        self.fetches = Gate(config.max_fetches, "every URL fetch slot")
 
     # -- catalogues ---------------------------------------------------------------------------
     def folder(self, catalog_id: str) -> Path:
@@ -134,12 +153,22 @@ class Catalogs:
         return {**entry, "images": len(col), "spaces": sorted(col.spaces())}
 
     def delete(self, catalog_id: str) -> None:
+        """Remove the catalogue: its registry row first (from then on every write of it stops,
+        see :meth:`write_lock`), then its folder and every stored blob."""
         self.get(catalog_id)
         with self.write_lock(catalog_id):
             self.db.delete_catalog(catalog_id)
-            self._forget(catalog_id)
-            shutil.rmtree(self.folder(catalog_id), ignore_errors=True)
-            self.storage.delete_prefix(catalog_id)
+            self._purge(catalog_id)
+
+    def alive(self, catalog_id: str) -> bool:
+        """Whether the catalogue is in the registry (a deleted one never comes back)."""
+        return self.db.catalog(catalog_id) is not None
+
+    def _purge(self, catalog_id: str) -> None:
+        """Everything stored under a deleted catalogue's id: its folder and its blobs."""
+        self._forget(catalog_id)
+        shutil.rmtree(self.folder(catalog_id), ignore_errors=True)
+        self.storage.delete_prefix(catalog_id)
 
     def _forget(self, catalog_id: str) -> None:
         with self._guard:
@@ -189,15 +218,22 @@ class Catalogs:
 
     @contextmanager
     def write_lock(self, catalog_id: str) -> Iterator[None]:
-        """One writer per catalogue across threads (a lock) and processes (a blocking flock)."""
+        """One writer per catalogue across threads (a lock) and processes (a blocking flock);
+        NotFoundError once the catalogue is deleted (checked after the lock is taken, so a
+        write that waited for a delete never recreates what it removed)."""
         with self._guard:
             lock = self._locks.setdefault(catalog_id, threading.Lock())
         with lock:
             folder = self.folder(catalog_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "server-write.lock", "a+") as handle:
+            try:
+                handle = open(folder / "server-write.lock", "a+")  # noqa: SIM115
+            except FileNotFoundError:  # the folder is gone: deleted
+                raise NotFoundError("no such catalogue") from None
+            with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
+                    if not self.alive(catalog_id):
+                        raise NotFoundError("no such catalogue")
                     yield
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
@@ -208,37 +244,91 @@ class Catalogs:
         catalog_id: str,
         uploads: Sequence[Upload],
         progress: Callable[[int, int], None] | None = None,
+        wait: float | None = None,
     ) -> list[dict]:
-        """Validate, store and index images; one result per upload (``id`` or ``error``)."""
+        """Validate, store and index images; one result per upload (``id`` or ``error``).
+
+        Each decode waits up to ``wait`` seconds (default ``queue_wait_seconds``; jobs pass
+        ``job_wait_seconds``) for decode memory, then :class:`OverloadedError` (503); the
+        batches committed before stay (sending the same upload again is safe: the same content
+        is one image), and what the failed batch stored is removed. When the catalogue is
+        deleted meanwhile, what this upload stored is removed with the rest of it and
+        NotFoundError goes up.
+        """
         self.get(catalog_id)
+        wait = self.config.queue_wait_seconds if wait is None else wait
         results: list[dict] = [{} for _ in uploads]
         done = 0
-        for start in range(0, len(uploads), BATCH):
-            staged = []
-            for i in range(start, min(start + BATCH, len(uploads))):
-                try:
-                    staged.append(self._stage(catalog_id, i, uploads[i]))
-                except ImageError as exc:
-                    results[i] = {"index": i, "error": exc.reason}
-            self._index(catalog_id, staged, results)
-            done = min(start + BATCH, len(uploads))
-            if progress:
-                progress(done, len(uploads))
+        pending: list[_Staged] = []  # stored, not yet committed
+        try:
+            for start in range(0, len(uploads), BATCH):
+                for i in range(start, min(start + BATCH, len(uploads))):
+                    try:
+                        pending.append(self._stage(catalog_id, i, uploads[i], wait))
+                    except ImageError as exc:
+                        results[i] = {"index": i, "error": exc.reason}
+                self._index(catalog_id, pending, results, wait)
+                done = min(start + BATCH, len(uploads))
+                if progress:
+                    progress(done, len(uploads))
+        except Exception:
+            if not self.alive(catalog_id):  # deleted under us: what we stored goes too
+                self._purge(catalog_id)
+                raise NotFoundError(
+                    "no such catalogue (it was deleted during the upload)"
+                ) from None
+            self._discard(catalog_id, pending)
+            raise
         return results
 
-    def _stage(self, catalog_id: str, index: int, upload: Upload) -> _Staged:
+    def _discard(self, catalog_id: str, staged: list[_Staged]) -> None:
+        """Remove what a failed upload stored for files it did not commit (unless an image of
+        the catalogue holds the same content)."""
+        if not staged:
+            return
+        try:
+            with self.write_lock(catalog_id):
+                col = self.writer(catalog_id)
+                for item in staged:
+                    if col.image_id_of(item.content_hash) is None:
+                        self.storage.delete(_original_key(catalog_id, item.content_hash))
+                        self.storage.delete(_thumb_key(catalog_id, item.content_hash))
+                        item.path.unlink(missing_ok=True)
+        except Exception:  # the failure that brought us here is the one to report
+            log.warning("could not discard the files of a failed upload", exc_info=True)
+
+    def _stage(self, catalog_id: str, index: int, upload: Upload, wait: float) -> _Staged:
         """Check the bytes are an image, store original and thumbnail, keep the local copy."""
-        if len(upload.data) > self.config.max_upload_bytes:
-            raise ImageError(f"file larger than {self.config.max_upload_bytes:,} bytes")
-        side = self.config.thumbnail_side
-        image = decode(upload.data, min_side=side, max_pixels=self.config.max_pixels)
+        config = self.config
+        if len(upload.data) > config.max_upload_bytes:
+            raise ImageError(f"file larger than {config.max_upload_bytes:,} bytes")
+        if not self.alive(catalog_id):
+            raise NotFoundError("no such catalogue")
+        # What the Collection's decode of this file will hold (it decodes with the library's
+        # bound): refused here when that is more than one decode may take on this server.
+        cost = decode_cost(
+            upload.data, min_side=self.reader(catalog_id).decode_side, max_pixels=config.max_pixels
+        )
+        if cost > config.max_decode_bytes:
+            raise ImageError(
+                f"decoding this image takes about {cost / 2**20:,.0f} MB, more than the "
+                f"{config.max_decode_bytes / 2**20:,.0f} MB this server allows; "
+                "send a smaller image"
+            )
+        side = config.thumbnail_side
+        options = dict(
+            min_side=side, max_pixels=config.max_pixels, max_bytes=config.max_decode_bytes
+        )
+        with self.budget.hold(decode_cost(upload.data, **options), wait):
+            image = decode(upload.data, **options)
+            buffer = io.BytesIO()
+            thumbnail(image, side).save(buffer, "JPEG", quality=85)
+            del image
         digest = content_hash(upload.data)
-        buffer = io.BytesIO()
-        thumbnail(image, side).save(buffer, "JPEG", quality=85)
         self.storage.put(_thumb_key(catalog_id, digest), buffer.getvalue())
         self.storage.put(_original_key(catalog_id, digest), upload.data)
         path = self._keep_file(catalog_id, digest, upload.data)
-        return _Staged(index, path, digest, dict(upload.metadata))
+        return _Staged(index, path, digest, dict(upload.metadata), cost)
 
     def _local_file(self, catalog_id: str, digest: str) -> Path:
         """Where the catalogue keeps its copy of an original (named by the content hash)."""
@@ -251,8 +341,11 @@ class Catalogs:
         if path.exists():
             return path
         incoming = self.folder(catalog_id) / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(exist_ok=True)
+        try:  # never the catalogue's own folder: one that is gone was deleted
+            incoming.mkdir(exist_ok=True)
+            path.parent.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise NotFoundError("no such catalogue") from None
         temp = incoming / f"{uuid.uuid4().hex}.upload"  # our name: nothing from the request
         temp.write_bytes(data)
         os.replace(temp, path)
@@ -274,15 +367,27 @@ class Catalogs:
                 data = self.storage.get(_original_key(catalog_id, record.content_hash))
             except KeyError:
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:  # never the catalogue's own folder: one that is gone was deleted
+                target.parent.mkdir(exist_ok=True)
+            except FileNotFoundError:
+                raise NotFoundError("no such catalogue") from None
             temp = target.with_name(f".{uuid.uuid4().hex}.tmp")
             temp.write_bytes(data)
             os.replace(temp, target)
         self._files_checked.add(catalog_id)
 
-    def _index(self, catalog_id: str, staged: list[_Staged], results: list[dict]) -> None:
-        if not staged:
-            return
+    def _index(
+        self, catalog_id: str, staged: list[_Staged], results: list[dict], wait: float
+    ) -> None:
+        """Add the staged files to the Collection, in groups whose decodes fit one decode's
+        bound, each holding its share of the decode budget while the Collection decodes it;
+        each group is taken off ``staged`` once committed."""
+        for group, cost in list(_groups(staged, self.config.max_decode_bytes)):
+            with self.budget.hold(cost, wait):
+                self._add(catalog_id, group, results)
+            del staged[: len(group)]
+
+    def _add(self, catalog_id: str, staged: list[_Staged], results: list[dict]) -> None:
         paths = [str(item.path.resolve()) for item in staged]
         metadata: dict[str, dict] = {}
         for path, item in zip(paths, staged, strict=True):  # one content twice: metadata merged
@@ -385,7 +490,7 @@ class Catalogs:
         col = self.reader(catalog_id)
         fetch = min(k * OVERFETCH, 1000) if filters else k
         if image is not None:
-            query = decode(image, max_pixels=self.config.max_pixels)
+            query = decode(image, **self.query_options(catalog_id, region))
             if region is not None:
                 query = crop(query, region)
             hits = col.search(query, k=fetch)
@@ -397,10 +502,36 @@ class Catalogs:
             hits = [h for h in hits if matches(h.metadata, filters)]
         return [hit_json(catalog_id, h) for h in hits[:k]]
 
+    def query_options(self, catalog_id: str, region: Sequence[float] | None = None) -> dict:
+        """How a search query is decoded: at the Collection's own decode scale for a whole
+        image (as its files were indexed), in full for a region (it is cropped first); always
+        under ``max_pixels`` and ``max_decode_bytes``."""
+        side = None if region is not None else self.reader(catalog_id).decode_side
+        return dict(
+            min_side=side,
+            max_pixels=self.config.max_pixels,
+            max_bytes=self.config.max_decode_bytes,
+        )
+
+    def query_cost(self, catalog_id: str, image: bytes, region=None) -> int:
+        """The decode memory a search query takes: what the request reserves from the budget
+        before its thread starts."""
+        return decode_cost(image, **self.query_options(catalog_id, region))
+
+    def detect_cost(self, image: bytes) -> int:
+        """The decode memory a detect photo takes (decoded in full, under the bounds)."""
+        return decode_cost(image, **self.detect_options())
+
+    def detect_options(self) -> dict:
+        return dict(max_pixels=self.config.max_pixels, max_bytes=self.config.max_decode_bytes)
+
     def _text_search(self, col: Collection, text: str, k: int) -> list[SearchResult]:
         if not col.has_text():
             raise BadRequestError("this catalogue's model has no text side: search it by image")
-        return col.search_text(text, k)
+        if not text.strip():
+            raise BadRequestError("the text is empty")
+        # The API takes the text as it is: a ':' is part of it, not a weight (that is CLI syntax).
+        return col.search_text([(text, 1.0)], k)
 
     # -- duplicates -----------------------------------------------------------------------------
     def copy_space_state(self, catalog_id: str) -> tuple[bool, int, int]:
@@ -512,7 +643,7 @@ class Catalogs:
         from lookalike.detect.photo import detect
 
         col = self.reader(catalog_id)
-        photo = decode(image, max_pixels=self.config.max_pixels)
+        photo = decode(image, **self.detect_options())
         self._ensure_files(catalog_id, col)
         options: dict = {"k": k}
         if proposals is not None:
@@ -559,6 +690,27 @@ class Catalogs:
             "items": items,
             "seconds": round(time.perf_counter() - start, 3),
         }
+
+
+#: Files the Collection decodes at once while it adds (its loader's threads).
+LOADER_THREADS = 2
+
+
+def _groups(staged: list[_Staged], bound: int) -> Iterator[tuple[list[_Staged], int]]:
+    """``staged`` in order, cut into groups whose decodes fit ``bound`` bytes, with each
+    group's cost: the pixels of every decoded file (the Collection keeps them until they are
+    embedded) plus the decoders' own overhead, once per loader thread."""
+    group: list[_Staged] = []
+    pixels = 0
+    for item in staged:
+        own = max(0, item.cost - DECODE_OVERHEAD)
+        if group and pixels + own + LOADER_THREADS * DECODE_OVERHEAD > bound:
+            yield group, pixels + LOADER_THREADS * DECODE_OVERHEAD
+            group, pixels = [], 0
+        group.append(item)
+        pixels += own
+    if group:
+        yield group, pixels + LOADER_THREADS * DECODE_OVERHEAD
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -60,12 +60,21 @@ RETRY_AFTER_SECONDS = 10
 
 
 class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
+    """An error answered as ``{"error": message}`` with ``status`` (and ``headers``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
+
+
+class OverloadedError(ApiError):
+    """503: this worker's decode memory or fetch slots stayed taken for longer than a request
+    waits; the answer says when to try again (``Retry-After``, seconds)."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(503, message, {"Retry-After": str(retry_after)})
 
 
 def status_of(exc: BaseException) -> int:
@@ -97,7 +106,7 @@ def install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return answer(exc.status, exc.message)
+        return answer(exc.status, exc.message, exc.headers)
 
     async def known(request: Request, exc: Exception) -> JSONResponse:
         status = status_of(exc)

@@ -23,6 +23,7 @@ from lookalike.server.bodies import fetch_image, int_field, json_body, parse_fie
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import ApiError
 from lookalike.server.jobs import Progress, start_job
+from lookalike.server.limits import quick
 
 router = APIRouter()
 
@@ -140,16 +141,18 @@ async def detect(catalog_id: str, request: Request, who: Caller, catalogs: Serve
     readable(catalogs, catalog_id, who)
     query = await read_detect(request, config)
     if query["image"] is None:
-        query["image"] = await run_in_threadpool(fetch_image, query["url"], config)
-    return await run_in_threadpool(
-        lambda: catalogs.detect(
-            catalog_id,
-            query["image"],
-            k=query["k"],
-            proposals=query["proposals"],
-            min_score=query["min_score"],
+        query["image"] = await fetch_image(query["url"], catalogs)
+    cost = await quick(catalogs.detect_cost, query["image"])
+    async with catalogs.budget.hold_async(cost, config.queue_wait_seconds):
+        return await run_in_threadpool(
+            lambda: catalogs.detect(
+                catalog_id,
+                query["image"],
+                k=query["k"],
+                proposals=query["proposals"],
+                min_score=query["min_score"],
+            )
         )
-    )
 
 
 async def read_detect(request: Request, config: ServerConfig) -> dict:
@@ -175,7 +178,7 @@ async def read_detect(request: Request, config: ServerConfig) -> dict:
             except ValueError:
                 raise ApiError(400, "min_score must be a number") from None
     elif kind.startswith("application/json"):
-        fields = await json_body(request)
+        fields = await json_body(request, config)
         if not isinstance(fields, dict):
             raise ApiError(400, "the JSON body must be an object")
     else:

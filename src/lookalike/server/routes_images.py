@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -19,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from lookalike.server.auth import Caller, ServerCatalogs, readable, writable
-from lookalike.server.bodies import fetch_image, json_body
-from lookalike.server.catalogs import Upload
+from lookalike.server.bodies import check_metadata, fetch_image, json_body, loads
+from lookalike.server.catalogs import Catalogs, Upload
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import ApiError
 from lookalike.server.jobs import Progress, start_job
@@ -86,14 +85,16 @@ async def add_images(
     """
     config = catalogs.config
     writable(catalogs, catalog_id, who)
-    uploads = await read_uploads(request, config)
+    uploads = await read_uploads(request, catalogs)
     if not uploads:
         raise ApiError(400, "no images given")
     as_job = (wait is False) or (wait is None and len(uploads) > config.job_threshold)
     if as_job:
 
         def work(progress: Progress) -> tuple[int, dict]:
-            results = catalogs.add_uploads(catalog_id, uploads, progress=progress)
+            results = catalogs.add_uploads(
+                catalog_id, uploads, progress=progress, wait=config.job_wait_seconds
+            )
             added = sum("id" in r for r in results)
             return len(uploads), {"images": results, "added": added}
 
@@ -164,13 +165,15 @@ def get_original(
     return Response(data, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
 
 
-async def read_uploads(request: Request, config: ServerConfig) -> list[Upload]:
-    """Images from a multipart form (``files`` + ``metadata``) or JSON ``{"images": [...]}``."""
+async def read_uploads(request: Request, catalogs: Catalogs) -> list[Upload]:
+    """Images from a multipart form (``files`` + ``metadata``) or JSON ``{"images": [...]}``;
+    URLs are fetched here (on the event loop, under the fetch limits)."""
+    config = catalogs.config
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=config.max_files_per_request, max_part_size=1024 * 1024)
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-        metadata = metadata_list(form.get("metadata"), len(files))
+        metadata = metadata_list(form.get("metadata"), len(files), config)
         uploads = []
         for file, meta in zip(files, metadata, strict=True):
             data = await file.read(config.max_upload_bytes + 1)
@@ -179,7 +182,7 @@ async def read_uploads(request: Request, config: ServerConfig) -> list[Upload]:
             uploads.append(Upload(data, meta))
         return uploads
     if kind.startswith("application/json"):
-        body = await json_body(request)
+        body = await json_body(request, config)
         items = body.get("images") if isinstance(body, dict) else None
         if not isinstance(items, list) or len(items) > config.max_files_per_request:
             raise ApiError(400, 'JSON body must be {"images": [{"url": ..., "metadata": {}}]}')
@@ -187,25 +190,22 @@ async def read_uploads(request: Request, config: ServerConfig) -> list[Upload]:
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("url"), str):
                 raise ApiError(400, "each image needs a url")
-            meta = item.get("metadata") or {}
-            if not isinstance(meta, dict):
-                raise ApiError(400, "metadata must be an object")
-            data = await run_in_threadpool(fetch_image, item["url"], config)
+            meta = check_metadata(item.get("metadata") or {}, config)
+            data = await fetch_image(item["url"], catalogs)
             uploads.append(Upload(data, meta))
         return uploads
     raise ApiError(415, "send multipart/form-data files or a JSON body")
 
 
-def metadata_list(raw: object, count: int) -> list[dict]:
-    """The ``metadata`` form field: one JSON object for every file, or a list, one per file."""
+def metadata_list(raw: object, count: int, config: ServerConfig) -> list[dict]:
+    """The ``metadata`` form field: one JSON object for every file, or a list, one per file;
+    each within the metadata limits."""
     if raw is None or raw == "":
         return [{} for _ in range(count)]
-    try:
-        value = json.loads(raw) if isinstance(raw, str) else None
-    except json.JSONDecodeError:
-        value = None
+    value = loads(raw, "metadata") if isinstance(raw, str) else None
     if isinstance(value, dict):
+        check_metadata(value, config)
         return [dict(value) for _ in range(count)]
     if isinstance(value, list) and len(value) == count and all(isinstance(v, dict) for v in value):
-        return value
+        return [check_metadata(v, config, f"metadata {i}") for i, v in enumerate(value)]
     raise ApiError(400, "metadata must be a JSON object, or a list of objects, one per file")

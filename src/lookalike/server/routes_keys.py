@@ -28,8 +28,9 @@ class NewKey(BaseModel):
 
 
 @router.get("/me", tags=["keys"])
-def me(who: Caller) -> dict:
-    """The calling key: its name and rights."""
+async def me(who: Caller) -> dict:
+    """The calling key: its name and rights (answered on the event loop: never queued behind
+    the decodes and writes in the thread pool)."""
     return who.to_dict()
 
 

@@ -15,9 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from lookalike.server.auth import Caller, ServerCatalogs, readable
-from lookalike.server.bodies import fetch_image, int_field, json_body, parse_field, read_file
+from lookalike.server.bodies import (
+    check_metadata,
+    fetch_image,
+    int_field,
+    json_body,
+    parse_field,
+    read_file,
+)
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import ApiError
+from lookalike.server.limits import quick
 
 router = APIRouter()
 
@@ -60,22 +68,31 @@ SEARCH_BODY = {
 
 @router.post("/catalogs/{catalog_id}/search", tags=["search"], openapi_extra=SEARCH_BODY)
 async def search(catalog_id: str, request: Request, who: Caller, catalogs: ServerCatalogs) -> dict:
-    """Images most like a query image (upload or URL, optionally a region) or a text."""
+    """Images most like a query image (upload or URL, optionally a region) or a text.
+
+    An image query reserves its decode's memory (estimated from its header) from the
+    worker's budget before its thread starts: 503 with Retry-After when it does not free up
+    within ``queue_wait_seconds``.
+    """
     config = catalogs.config
     readable(catalogs, catalog_id, who)
     query = await read_search(request, config)
     if query["url"] and query["image"] is None:
-        query["image"] = await run_in_threadpool(fetch_image, query["url"], config)
-    results = await run_in_threadpool(
-        lambda: catalogs.search(
-            catalog_id,
-            image=query["image"],
-            text=query["text"],
-            k=query["k"],
-            filters=query["filters"],
-            region=query["region"],
+        query["image"] = await fetch_image(query["url"], catalogs)
+    cost = 0
+    if query["image"] is not None:
+        cost = await quick(catalogs.query_cost, catalog_id, query["image"], query["region"])
+    async with catalogs.budget.hold_async(cost, config.queue_wait_seconds):
+        results = await run_in_threadpool(
+            lambda: catalogs.search(
+                catalog_id,
+                image=query["image"],
+                text=query["text"],
+                k=query["k"],
+                filters=query["filters"],
+                region=query["region"],
+            )
         )
-    )
     return {"results": results}
 
 
@@ -94,7 +111,7 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
             if fields.get(name):
                 fields[name] = parse_field(name, fields[name])
     elif kind.startswith("application/json"):
-        fields = await json_body(request)
+        fields = await json_body(request, config)
         if not isinstance(fields, dict):
             raise ApiError(400, "the JSON body must be an object")
     else:
@@ -110,7 +127,7 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
     if filters not in (None, ""):
         if not isinstance(filters, dict):
             raise ApiError(400, 'filters must be an object such as {"brand": "acme"}')
-        query["filters"] = filters
+        query["filters"] = check_metadata(filters, config, "filters")
     region = fields.get("region")
     if region not in (None, ""):
         if not isinstance(region, list) or not all(

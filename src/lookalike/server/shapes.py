@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from PIL import Image
@@ -63,6 +64,28 @@ def matches(metadata: dict, filters: dict) -> bool:
     return True
 
 
+#: Stored metadata deeper than this (written before the server checked it on the way in, or
+#: by another program) is not shown: it would break every answer that holds it.
+SHOWN_DEPTH = 64
+
+
+def shown_metadata(metadata: object) -> object:
+    """``metadata`` if every answer can carry it (not nested deeper than :data:`SHOWN_DEPTH`,
+    numbers finite), else a note that says why it is left out."""
+    stack: list[tuple[object, int]] = [(metadata, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > SHOWN_DEPTH:
+                return {"unshown": f"metadata nested more than {SHOWN_DEPTH} levels deep"}
+            stack.extend(
+                (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+        elif isinstance(item, float) and not math.isfinite(item):
+            return {"unshown": "metadata holds a number that is not finite"}
+    return metadata
+
+
 def image_json(catalog_id: str, image_id: int, width: int, height: int, metadata: dict) -> dict:
     """An image as the API shows it: id, size, metadata and the URLs of its files."""
     base = f"/catalogs/{catalog_id}/images/{image_id}"
@@ -70,7 +93,7 @@ def image_json(catalog_id: str, image_id: int, width: int, height: int, metadata
         "id": image_id,
         "width": width,
         "height": height,
-        "metadata": metadata,
+        "metadata": shown_metadata(metadata),
         "thumbnail": f"{base}/thumbnail",
         "original": f"{base}/original",
     }
