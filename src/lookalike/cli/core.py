@@ -130,6 +130,14 @@ def index(
             help="Copy-detection model of --copy: sscd-mobile or sscd [sscd-mobile].",
         ),
     ] = None,
+    words: Annotated[
+        bool,
+        typer.Option(
+            "--words",
+            help="Also read the words in the images (for `search --words`); an existing "
+            "collection gains them for its stored images, and later runs read new ones.",
+        ),
+    ] = False,
 ) -> None:
     """Index images: new and changed files are embedded, removed ones dropped. Exit code 1 when
     an input is missing or unusable, or no image was found."""
@@ -188,6 +196,10 @@ def index(
                     files, progress=bar, batch_size=batch_size, workers=workers, loader=loader
                 )
                 _merge(report, more)
+        if not report.interrupted:
+            from lookalike.words.cli import index_words
+
+            index_words(col, words)  # with --words, or when the collection has words
         total = len(col)
         excludes = col.excludes
     found = report.added + report.updated + report.unchanged
@@ -360,14 +372,29 @@ def search(
             help="Leave the query image itself out of its results (when it is in the collection).",
         ),
     ] = False,
+    words: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--words",
+            metavar="TEXT",
+            help="Find pictures showing these words (read by `lookalike words`); repeat for "
+            "several queries. With images or --text: one ranking of both.",
+        ),
+    ] = None,
 ) -> None:
     """Find the indexed images most similar to each query image, or matching a text. Exit code 1
     when a query cannot be read (the others are answered)."""
     images, text, negative = images or [], text or [], negative or []
+    words = words or []
+    if words and (mode != "image" or verify or region or negative or explain or exclude_self):
+        validate.refuse(
+            "--words ranks by the words in pictures (with images or --text as they are): "
+            "--mode, --verify, --region, --not, --explain and --exclude-self do not apply"
+        )
     if negative and not text:
         validate.refuse("--not steers a text query away from words: it needs --text")
-    if not images and not text:
-        validate.refuse("give query images, --text, or both")
+    if not images and not text and not words:
+        validate.refuse("give query images, --text, or both (or --words)")
     if text:
         if region is not None and not images:
             validate.refuse("--region picks a box of a query image; a text query has none")
@@ -418,7 +445,11 @@ def search(
             _print_results(query, results)
 
     with errors(), Collection.open(path) as col:
-        if text:
+        if words:
+            from lookalike.words.cli import answer_words
+
+            answer_words(col, words, k, images=images, text=text, report=report)
+        elif text:
             queries = [(text, " + ".join([*map(str, images), *text]))] if images else []
             queries += [([t], t) for t in text] if not images else []
             for terms, label in queries:
@@ -581,6 +612,11 @@ def info(collection: CollectionOpt = None, as_json: JsonOpt = False) -> None:
         data = col.info()
         in_use = {space: index_in_use(col.index(space)) for space in col.spaces()}
         excludes = col.excludes
+        from lookalike.words import words_info
+
+        words = words_info(col)
+    if words is not None:
+        data["words"] = words
     for space, used in in_use.items():
         data["spaces"][space]["in_use"] = used
     if "image" in in_use:
@@ -601,6 +637,15 @@ def info(collection: CollectionOpt = None, as_json: JsonOpt = False) -> None:
         rows.append(("excluded", ", ".join(excludes)))
     for name, spec in data["spaces"].items():
         rows.append((f"space {name}", _space_line(name, spec, data["model"])))
+    if words is not None:
+        rows.append(
+            (
+                "words",
+                f"{words['images_with_text']} of {words['images']} images have text "
+                f"({words['lines']} lines)"
+                + (f"; {words['to_read']} not read yet" if words["to_read"] else ""),
+            )
+        )
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         out.print(f"[bold]{label:<{width}}[/bold]  {value}", highlight=False, soft_wrap=True)
