@@ -276,3 +276,39 @@ def test_words_in_a_postgresql_catalogue(
         assert Path(search_words(col, "Café", k=1)[0].path).name == "cafe.jpg"
         assert words_info(col)["images_with_text"] == 2
         assert add_words(col, reader=engine).read == 0
+
+
+def test_words_through_the_rest_api(tmp_path: Path, embedder) -> None:
+    """POST /catalogs/{id}/words reads the words; search takes ``words``; later uploads are
+    read as they come; a catalogue without words says how to read them."""
+    pytest.importorskip("rapidocr_onnxruntime")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from tests.test_server import ADMIN, auth, make_app
+
+    admin = auth(ADMIN)
+    client = TestClient(make_app(tmp_path / "data", embedder))
+    catalog = client.post("/catalogs", json={"name": "signs"}, headers=admin).json()["id"]
+
+    def jpeg(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=92)
+        return buffer.getvalue()
+
+    files = [("files", ("plain.jpg", jpeg(skimage_photo("coffee")), "image/jpeg"))]
+    assert client.post(f"/catalogs/{catalog}/images", files=files, headers=admin).status_code == 200
+    url = f"/catalogs/{catalog}/search"
+    refused = client.post(url, json={"words": "lisboa"}, headers=admin)
+    assert refused.status_code == 400 and "/words" in refused.json()["error"]
+
+    assert client.post(f"/catalogs/{catalog}/words", headers=admin).status_code == 200
+    sign = jpeg(_with_text("bus", "astronaut"))
+    files = [("files", ("sign.jpg", sign, "image/jpeg"))]
+    added = client.post(f"/catalogs/{catalog}/images", files=files, headers=admin).json()
+    found = client.post(url, json={"words": "lisboa", "k": 2}, headers=admin)
+    assert found.status_code == 200, found.text
+    results = found.json()["results"]
+    assert results and results[0]["id"] == added["images"][0]["id"]
+    assert results[0]["words"] and "path" not in results[0]

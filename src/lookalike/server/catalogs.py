@@ -395,6 +395,7 @@ class Catalogs:
         with self.write_lock(catalog_id):
             col = self.writer(catalog_id)
             report = self._retry_busy(lambda: col.add(list(metadata), metadata=metadata))
+            self._read_new_words(col)
             skipped = dict(report.skipped)
             for path, item in zip(paths, staged, strict=True):
                 image_id = col.image_id_of(item.content_hash)
@@ -485,10 +486,15 @@ class Catalogs:
         k: int = 10,
         filters: dict | None = None,
         region: Sequence[float] | None = None,
+        words: str | None = None,
     ) -> list[dict]:
-        """Best matches for an image (optionally a region of it) or a text, filtered."""
+        """Best matches for an image (optionally a region of it) or a text, filtered; with
+        ``words``, ranked by the words read in the images (combined with the image or text)."""
         col = self.reader(catalog_id)
         fetch = min(k * OVERFETCH, 1000) if filters else k
+        if words is not None:
+            found = (words, fetch, k, image, text, filters, region)
+            return self._words_search(col, catalog_id, *found)
         if image is not None:
             query = decode(image, **self.query_options(catalog_id, region))
             if region is not None:
@@ -524,6 +530,65 @@ class Catalogs:
 
     def detect_options(self) -> dict:
         return dict(max_pixels=self.config.max_pixels, max_bytes=self.config.max_decode_bytes)
+
+    def _words_search(
+        self, col, catalog_id, words, fetch, k, image, text, filters, region
+    ) -> list[dict]:
+        from lookalike.words import has_words, search_words
+
+        if not has_words(col):
+            raise BadRequestError(
+                "this catalogue's words were never read: POST /catalogs/{id}/words reads them "
+                "(needs write rights; later uploads are then read as they come)"
+            )
+        query = None
+        if image is not None:
+            query = decode(image, **self.query_options(catalog_id, region))
+            if region is not None:
+                query = crop(query, region)
+        texts = [(text, 1.0)] if text else None
+        hits = search_words(col, words, fetch, image=query, text=texts)
+        if filters:
+            hits = [h for h in hits if matches(h.metadata, filters)]
+        out = []
+        for hit in hits[:k]:
+            extra = {key: v for key, v in hit.to_dict().items() if key.startswith(("words", "sim"))}
+            out.append(hit_json(catalog_id, hit) | extra)
+        return out
+
+    def read_words(
+        self, catalog_id: str, progress: Callable[[int, int], None] | None = None
+    ) -> dict:
+        """Read the words in every image of the catalogue that has not been read yet; from then
+        on each upload's images are read as they are added."""
+        from lookalike.words import add_words, words_info
+
+        with self.write_lock(catalog_id):
+            col = self.writer(catalog_id)
+            report = self._retry_busy(lambda: add_words(col, progress=progress))
+            info = words_info(col) or {}
+        return {
+            "read": report.read,
+            "with_text": report.with_text,
+            "lines": report.lines,
+            "unreadable": len(report.missing),  # server paths are never shown
+            "seconds": round(report.seconds, 3),
+            "words": {k: v for k, v in info.items() if k not in ("path", "where")},
+        }
+
+    def words_to_read(self, catalog_id: str) -> int:
+        """Images of the catalogue whose words are still to be read."""
+        from lookalike.words import words_info
+
+        info = words_info(self.reader(catalog_id))
+        return len(self.reader(catalog_id)) if info is None else int(info.get("to_read", 0))
+
+    def _read_new_words(self, col: Collection) -> None:
+        """A catalogue whose words were read keeps them complete: the new images' words."""
+        from lookalike.words import add_words, has_words
+
+        if has_words(col):
+            self._retry_busy(lambda: add_words(col))
 
     def _text_search(self, col: Collection, text: str, k: int) -> list[SearchResult]:
         if not col.has_text():

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from lookalike.server.auth import Caller, ServerCatalogs, readable
+from lookalike.server.auth import Caller, ServerCatalogs, readable, writable
 from lookalike.server.bodies import fetch_image, int_field, json_body, parse_field, read_file
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import ApiError
@@ -129,6 +129,24 @@ async def duplicates(
 
     if as_job:
         return start_job(catalogs, catalog_id, missing if add else 0, run, "duplicates")
+    _, result = await run_in_threadpool(run)
+    return JSONResponse(result)
+
+
+@router.post("/catalogs/{catalog_id}/words", tags=["search"])
+async def read_words(catalog_id: str, who: Caller, catalogs: ServerCatalogs) -> JSONResponse:
+    """Read the words written in the catalogue's images (OCR), so ``search`` takes
+    ``words``; later uploads are then read as they come. Needs write rights; runs as a job
+    (202, poll ``/jobs/{id}``) when more than ``job_threshold`` images are to be read."""
+    writable(catalogs, catalog_id, who)
+    todo = await run_in_threadpool(catalogs.words_to_read, catalog_id)
+
+    def run(progress: Progress | None = None) -> tuple[int, dict]:
+        result = catalogs.read_words(catalog_id, progress=progress)
+        return todo, result
+
+    if todo > catalogs.config.job_threshold:
+        return start_job(catalogs, catalog_id, todo, run, "words")
     _, result = await run_in_threadpool(run)
     return JSONResponse(result)
 

@@ -6,6 +6,8 @@ Example:
         -F file=@photo.jpg -F k=5 -F region=0.25,0.1,0.5,0.6 -F 'filters={"tags": "red"}'
     $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
         -H 'content-type: application/json' -d '{"text": "a red bus", "k": 5}'
+    $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
+        -H 'content-type: application/json' -d '{"words": "lisboa", "k": 5}'
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ router = APIRouter()
 SEARCH_FIELDS = {
     "k": {"type": "integer", "minimum": 1, "maximum": 200, "default": 10},
     "text": {"type": "string"},
+    "words": {"type": "string", "description": "words written in the pictures (OCR)"},
     "url": {"type": "string"},
     "filters": {"description": 'metadata filters, e.g. {"brand": "acme"}'},
     "region": {"description": "x,y,width,height as fractions of the query image"},
@@ -91,6 +94,7 @@ async def search(catalog_id: str, request: Request, who: Caller, catalogs: Serve
                 k=query["k"],
                 filters=query["filters"],
                 region=query["region"],
+                words=query["words"],
             )
         )
     return {"results": results}
@@ -100,6 +104,7 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
     """The query of a search (multipart ``file`` and fields, or JSON), checked."""
     kind = request.headers.get("content-type", "")
     query: dict = {"image": None, "url": None, "text": None, "k": 10, "filters": None}
+    query["words"] = None
     query["region"] = None
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_part_size=1024 * 1024)
@@ -116,7 +121,7 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
             raise ApiError(400, "the JSON body must be an object")
     else:
         raise ApiError(415, "send multipart/form-data or JSON")
-    for name in ("url", "text"):
+    for name in ("url", "text", "words"):
         value = fields.get(name)
         if value not in (None, ""):
             if not isinstance(value, str) or len(value) > 2000:
@@ -135,6 +140,6 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
         ):
             raise ApiError(400, "region must be [x, y, width, height] fractions")
         query["region"] = region
-    if query["image"] is None and query["url"] is None and query["text"] is None:
-        raise ApiError(400, "give an image file, an image url or a text")
+    if all(query[name] is None for name in ("image", "url", "text", "words")):
+        raise ApiError(400, "give an image file, an image url, a text or words")
     return query

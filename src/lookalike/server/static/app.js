@@ -162,16 +162,22 @@ function setupBox() {
 async function search() {
   if (!state.catalog) { say("Choose or create a catalogue first.", true); return; }
   const text = $("text").value.trim();
+  const words = $("words").value.trim();
   const k = $("k").value || "12";
   const form = new FormData();
   form.append("k", k);
-  if (text) {
+  if (words) {
+    // Words rank first; a text or a dropped image, when given, joins the same ranking.
+    form.append("words", words);
+    if (text) form.append("text", text);
+    else if (state.query) form.append("file", state.query, "query");
+  } else if (text) {
     form.append("text", text);
   } else if (state.query) {
     form.append("file", state.query, "query");
     if (state.region) form.append("region", state.region.map((v) => v.toFixed(4)).join(","));
   } else {
-    say("Drop an image or type a text.", true);
+    say("Drop an image, type a text or the words written in it.", true);
     return;
   }
   say("Searching…");
@@ -183,6 +189,14 @@ async function search() {
   } catch (error) {
     say(error.message, true);
   }
+}
+
+async function readWords() {
+  if (!state.catalog) { say("Choose or create a catalogue first.", true); return; }
+  say("Reading the words in the images…");
+  const answer = await apiJson(`/catalogs/${state.catalog}/words`, { method: "POST" });
+  if (answer.job) { say("Reading the words as a job: search with words when it is done."); return; }
+  say(`Words read in ${answer.read} image${answer.read === 1 ? "" : "s"}: ${answer.with_text} with text.`);
 }
 
 async function browse() {
@@ -210,6 +224,12 @@ function makeCard(item, withScore, badge = "") {
   name.title = name.textContent;
   name.className = "name muted";
   caption.append(name);
+  if (item.words && item.words.length) {
+    const seen = document.createElement("span");
+    seen.className = "words muted small";
+    seen.textContent = `“${item.words.map((line) => line.text).join(" · ")}”`;
+    caption.append(seen);
+  }
   if (withScore || badge) {
     const score = document.createElement("span");
     score.className = "score";
@@ -368,6 +388,7 @@ function wire() {
   $("browse").addEventListener("click", run(browse));
   $("duplicates").addEventListener("click", run(findDuplicates));
   $("detect").addEventListener("click", run(detectItems));
+  $("read-words").addEventListener("click", run(readWords));
   for (const id of ["folder", "files"]) {
     $(id).addEventListener("change", run(async (event) => { await uploadFiles(event.target.files); event.target.value = ""; }));
   }
