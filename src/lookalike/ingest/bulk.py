@@ -4,22 +4,12 @@ writer. This module drives a collection, so it sits above the core (docs/archite
 
 Each Ray worker is an actor that loads the model once (one thread: the workers are the
 parallelism) and turns batches of ``(path, size, mtime_ns)`` rows into rows of content hash,
-size, error and vector; the driver writes them as shards (format below and in
-docs/architecture.md) and the collection merges each shard as it is written, through the same
+size, error and vector; the driver writes them as shards (format in :mod:`lookalike.ingest.shards`
+and docs/architecture.md) and the collection merges each shard as it is written, through the same
 code as ``Collection.sync``: unchanged files are skipped before any work, failed files are
 recorded as skipped, identical contents are linked, and each batch is one transaction (a killed
 run resumes). Paths must be readable by the workers: local files with a local Ray (the
 default) or a shared file system, or ``s3://`` URIs (``lookalike.ingest.sources``) anywhere.
-
-Shards (``out_dir``), like clip-retrieval's::
-
-    shards.json                   {"format": "lookalike-shards", "format_version": 1,
-                                   "model": {"name", "version", "dim"}, "space": "image",
-                                   "dtype": "float32", "rows", "errors", "complete",
-                                   "parts": [{"name": "part-00000", "rows": 1024}, ...]}
-    embeddings/part-00000.npy     float32 (rows, dim), L2-normalised; row i = metadata row i
-    metadata/part-00000.parquet   path, size, mtime_ns, content_hash, width, height, error
-                                  (error is null for an embedded row; its vector is then zeros)
 
 Example:
     >>> from lookalike import Collection
