@@ -2,8 +2,17 @@
 
 Registered in :mod:`lookalike.cli.application` as ``app.command("train")(train_command)``.
 
+Modes, from the cheapest: ``head`` (a projection head on the cached default descriptor),
+``blocks`` (default: the last block(s) of EfficientNet-Lite, its pooling and the head, trained on
+cached feature maps; minutes on a CPU), ``finetune`` (on images, for a GPU). ``--eval`` compares
+the trained model with the default search (the same base descriptor, searched as a collection
+searches it: PCA past 1000 images, alpha-query expansion) and with the whitening-only start. A
+failed run (loss stuck at zero, or below the default search on validation) prints a warning,
+writes its verdict to metrics.json and exits with status 3.
+
 Example:
-    $ lookalike train parts/ --out parts-model --epochs 20 --eval
+    $ lookalike train parts/ --out parts-model --eval
+    $ lookalike train parts/ --out parts-model --goal unseen --mode head
     $ lookalike index photos/ --model parts-model --collection parts.lookalike
 """
 
@@ -21,9 +30,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lookalike.cli import validate
 from lookalike.cli.common import err, errors, out
+from lookalike.train.config import GOALS, LOSSES, MODES
 
 METRIC_ROWS = ("mAP", "mAP@R", "Rank-1", "Rank-5", "Rank-10", "Rank-20", "dim", "ms_per_image")
+#: Exit status of a run whose verdict is a failure (the model folder is still written).
+FAILED_EXIT = 3
 
 
 @contextmanager
@@ -50,17 +63,48 @@ def train_command(
     dataset: Annotated[
         Path,
         typer.Argument(
+            metavar="DATASET",
+            callback=validate.existing_path,
             help="Labelled images: one folder per class, or query/ + gallery/ with "
-            "<identity>_<image> file names."
+            "<identity>_<image> file names.",
         ),
     ],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    base: Annotated[str, typer.Option(help="Base embedder.")] = "efficientnet-lite0",
-    loss: Annotated[str, typer.Option(help="triplet, multisimilarity or arcface.")] = "triplet",
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 30,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Model folder to write.")
+    ],
+    base: Annotated[str, typer.Option(metavar="MODEL", help="Base embedder.")] = (
+        "efficientnet-lite0"
+    ),
+    loss: Annotated[
+        str,
+        typer.Option(
+            metavar="LOSS",
+            callback=validate.choice(*LOSSES, what="loss"),
+            help=f"Metric-learning loss: {', '.join(LOSSES)} (triplet: batch-hard).",
+        ),
+    ] = "multisimilarity",
+    epochs: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Most epochs (early stopping).")
+    ] = 12,
     mode: Annotated[
-        str, typer.Option(help="head (frozen backbone, CPU) or finetune (last blocks, GPU).")
-    ] = "head",
+        str,
+        typer.Option(
+            metavar="MODE",
+            callback=validate.choice(*MODES, what="training mode"),
+            help=f"One of {', '.join(MODES)}: blocks trains the last block(s), pooling and a "
+            "head on cached feature maps (minutes on a CPU), head only a head on the cached "
+            "descriptor (fastest), finetune on images (GPU).",
+        ),
+    ] = "blocks",
+    goal: Annotated[
+        str,
+        typer.Option(
+            metavar="GOAL",
+            callback=validate.choice(*GOALS, what="goal"),
+            help="What early stopping measures: seen (new images of the training classes) or "
+            "unseen (held-out classes).",
+        ),
+    ] = "seen",
     eval_: Annotated[
         bool,
         typer.Option(
@@ -70,17 +114,55 @@ def train_command(
         ),
     ] = False,
     test: Annotated[
-        Path | None, typer.Option(help="Separate test set for --eval (any layout).")
+        Path | None,
+        typer.Option(
+            metavar="DATASET",
+            callback=validate.existing_path,
+            help="Separate test set for --eval (any layout).",
+        ),
     ] = None,
     holdout: Annotated[
         float | None,
-        typer.Option(min=0.0, max=0.9, help="Fraction of classes kept out of training for test."),
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            metavar="FRACTION",
+            help="Fraction of classes kept out of training for test.",
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (splits, sampling, weights).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
-    dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    patience: Annotated[int, typer.Option(help="Epochs without progress before stopping.")] = 5,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Random seed (splits, sampling, weights).")
+    ] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per batch.")] = 64,
+    dim: Annotated[int, typer.Option(min=1, metavar="N", help="Embedding size.")] = 512,
+    lr: Annotated[float, typer.Option(min=0.0, metavar="RATE", help="Learning rate.")] = 1e-4,
+    patience: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Epochs without progress before stopping.")
+    ] = 3,
+    blocks: Annotated[
+        int,
+        typer.Option(
+            min=0, metavar="N", help="blocks, finetune: last MBConv blocks trained (0: 1x1 only)."
+        ),
+    ] = 1,
+    views: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="N", help="blocks: colour/crop views cached per training image."
+        ),
+    ] = 3,
+    memory: Annotated[
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Cross-batch memory: past embeddings mined (0: off)."
+        ),
+    ] = 1024,
+    distill: Annotated[
+        float,
+        typer.Option(
+            min=0.0, metavar="WEIGHT", help="Distillation of the start's similarities (0: off)."
+        ),
+    ] = 1.0,
     draw_map: Annotated[
         bool,
         typer.Option(
@@ -110,10 +192,17 @@ def train_command(
                 held = split_classes(data.labels, holdout, seed)
                 data, test_data = data.take(~held), data.take(held)
             cfg = TrainConfig(
-                base=base, loss=loss, mode=mode, epochs=epochs, seed=seed,
-                batch_size=batch_size, dim=dim, lr=lr, patience=patience,
+                base=base, loss=loss, mode=mode, goal=goal, epochs=epochs, seed=seed,
+                batch_size=batch_size, dim=dim, lr=lr, patience=patience, blocks=blocks,
+                views=views, memory=memory, distill=distill,
             )  # fmt: skip
-            log = None if as_json else (lambda line: err.print(line, highlight=False))
+
+            def log(line: str) -> None:
+                if line.startswith("warning:"):
+                    err.print(f"[yellow]warning:[/yellow]{line[8:]}", highlight=False)
+                elif not as_json:
+                    err.print(line, highlight=False)
+
             with _stages_bar(not as_json) as bar, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 result = run_training(data, out_dir, config=cfg, progress=bar, log=log)
@@ -132,8 +221,10 @@ def train_command(
         if comparison is not None:
             data_out["test"] = comparison.to_dict()
         print(json.dumps(data_out))
-        return
-    _print_result(result, comparison)
+    else:
+        _print_result(result, comparison)
+    if result.failed:
+        raise typer.Exit(FAILED_EXIT)
 
 
 def _save_test(out_dir: Path, comparison, draw_map: bool) -> None:
@@ -183,13 +274,17 @@ def _print_result(result, comparison) -> None:
         f"{result.images['train']} training images in {result.images['train_classes']} classes"
     )
     out.print(
-        f"validation mAP@R: frozen {_fmt(result.baseline['mAP@R'])} -> trained "
+        f"validation mAP@R ({result.config.goal} classes, searched as a collection): default "
+        f"search {_fmt(result.baseline['mAP@R'])}, whitening only "
+        f"{_fmt(result.whitening.get('mAP@R', math.nan))} -> trained "
         f"{_fmt(result.validation['mAP@R'])}"
     )
+    colour = "red" if result.failed else "green" if result.verdict == "improved" else "yellow"
+    out.print(f"verdict: [{colour}]{result.verdict}[/{colour}]")
     if comparison is None:
         return
-    table = Table(title="test split: before / after")
-    for column in ("metric", "frozen backbone", "trained", "change"):
+    table = Table(title="test split, searched as a collection (PCA past 1000 images, expansion)")
+    for column in ("metric", "default search", "whitening only", "trained", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name in METRIC_ROWS:
         before, after = comparison.before.get(name), comparison.after.get(name)
@@ -198,7 +293,8 @@ def _print_result(result, comparison) -> None:
         change = ""
         if name not in ("dim",) and isinstance(before, float) and isinstance(after, float):
             change = f"{after - before:+.4f}"
-        table.add_row(name, _fmt(before), _fmt(after), change)
+        whitened = comparison.whitening.get(name, math.nan)
+        table.add_row(name, _fmt(before), _fmt(whitened), _fmt(after), change)
     out.print(table)
     out.print(f"queries: {comparison.after['queries']}; figures in {result.model_dir}")
 

@@ -95,15 +95,30 @@ def split_classes(
     return np.isin(labels, held)
 
 
-def validation_split(labels: NDArray[np.str_], fraction: float, seed: int = 0) -> NDArray[np.bool_]:
-    """Mask of the validation images: whole classes when there are 8 or more (the validation then
-    measures what matters, generalising to new identities), else some images of each class
-    (classes with fewer than 4 images stay whole in training)."""
+def validation_split(
+    labels: NDArray[np.str_], fraction: float, seed: int = 0, goal: str | None = None
+) -> NDArray[np.bool_]:
+    """Mask of the validation images that early stopping watches.
+
+    ``goal="seen"``: some images of each class (classes with fewer than 4 images stay whole in
+    training): the validation measures new images of known identities. ``goal="unseen"``: whole
+    classes (at least 2, and at least 2 are left to train on; with fewer than 4 classes, images
+    as for "seen"): it measures generalising to new identities. ``None``: whole classes when there
+    are 8 or more, else images.
+
+    Example:
+        >>> labels = np.repeat(["a", "b", "c", "d"], 5)
+        >>> labels[validation_split(labels, 0.5, goal="unseen")].tolist().count("a") in (0, 5)
+        True
+    """
+    labels = np.asarray(labels, dtype=str)
     classes, counts = np.unique(labels, return_counts=True)
     if fraction <= 0:
         return np.zeros(len(labels), dtype=bool)
-    if len(classes) >= 8:
-        return split_classes(labels, max(fraction, 2 / len(classes)), seed)
+    by_class = len(classes) >= 8 if goal is None else goal == "unseen" and len(classes) >= 4
+    if by_class:
+        share = min(max(fraction, 2 / len(classes)), (len(classes) - 2) / len(classes))
+        return split_classes(labels, share, seed)
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
     for label, count in zip(classes, counts, strict=True):

@@ -28,7 +28,7 @@ from lookalike.images import ImageError, decode
 from lookalike.models import Embedder
 from lookalike.train.config import Progress
 
-__all__ = ["backbone_features", "default_cache"]
+__all__ = ["backbone_features", "default_cache", "file_keys"]
 
 
 def default_cache() -> Path:
@@ -38,7 +38,7 @@ def default_cache() -> Path:
     return cache_dir() / "features"
 
 
-def _file_keys(paths: Sequence[Path]) -> list[str]:
+def file_keys(paths: Sequence[Path]) -> list[str]:
     """One key per file: resolved path, size and mtime (a changed file gets a new key)."""
     keys = []
     for p in paths:
@@ -76,7 +76,7 @@ def backbone_features(
     """
     cache = default_cache() if cache is None else Path(cache)
     target = _cache_file(cache, embedder, paths)
-    keys = _file_keys(paths)
+    keys = file_keys(paths)
     stored_keys, stored_x, stored_ok = np.zeros(0, str), None, None
     if target.exists():
         with np.load(target) as data:

@@ -25,9 +25,14 @@ def _pyplot():
 
 
 def plot_curves(
-    history: Sequence[dict[str, float]], path: str | Path, *, baseline: float | None = None
+    history: Sequence[dict[str, float]],
+    path: str | Path,
+    *,
+    baseline: float | None = None,
+    whitening: float | None = None,
 ) -> Path:
-    """Training loss and validation mAP@R per epoch (the frozen backbone's mAP@R dashed).
+    """Training loss and validation mAP@R per epoch (the default search's mAP@R dashed, the
+    whitening start's dotted; epoch 0 is the start).
 
     Example:
         >>> plot_curves([{"epoch": 1, "loss": 0.1, "val_mAP@R": 0.4}], "c.png")  # doctest: +SKIP
@@ -39,7 +44,9 @@ def plot_curves(
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     ax_val.plot(epochs, [h["val_mAP@R"] for h in history], marker="o", ms=3, label="trained")
     if baseline is not None and not math.isnan(baseline):
-        ax_val.axhline(baseline, ls="--", color="grey", label="frozen backbone")
+        ax_val.axhline(baseline, ls="--", color="grey", label="default search")
+    if whitening is not None and not math.isnan(whitening):
+        ax_val.axhline(whitening, ls=":", color="tab:green", label="whitening only")
     ax_val.set(title="validation mAP@R", xlabel="epoch", ylabel="mAP@R")
     ax_val.legend()
     fig.tight_layout()
@@ -94,7 +101,10 @@ def plot_embedding_map(
     colours = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     used = ""
-    for ax, vectors, title in ((axes[0], before, "frozen backbone"), (axes[1], after, "trained")):
+    for ax, vectors, title in (
+        (axes[0], before, "default descriptor"),
+        (axes[1], after, "trained"),
+    ):
         xy, used = project_2d(np.asarray(vectors)[keep], method, seed)
         for i, label in enumerate(shown):
             rows = labels[keep] == label
@@ -113,7 +123,7 @@ def gradcam_pair(model_dir: str | Path, query: str | Path, match: str | Path, pa
     The score is the cosine similarity of the two trained embeddings; the maps show which regions
     of the last feature map raise it (gradient-weighted activations, Selvaraju et al. 2017). Runs
     the fp32 PyTorch EfficientNet-Lite (the index uses int8 ONNX: the maps are indicative).
-    Needs a ``head`` model on an EfficientNet-Lite base with fused probabilities.
+    Needs a ``head`` or ``blocks`` model on an EfficientNet-Lite base with fused probabilities.
 
     Example:
         >>> gradcam_pair("parts-model", "q.jpg", "best.jpg", "cam.png")  # doctest: +SKIP
@@ -123,33 +133,51 @@ def gradcam_pair(model_dir: str | Path, query: str | Path, match: str | Path, pa
     from lookalike.images import decode
     from lookalike.models.efficientnet import preprocess, weights_path
     from lookalike.models.trained import read_config
-    from lookalike.train.network import make_head
+    from lookalike.train.network import make_blocks_net, make_head, make_prefix_net
 
     config = read_config(model_dir)
-    if config["mode"] != "head":
-        raise ValueError("Grad-CAM is implemented for head models")
-    from efficientnet_lite_pytorch import EfficientNet
-
+    if config["mode"] not in ("head", "blocks"):
+        raise ValueError("Grad-CAM is implemented for head and blocks models")
     base = config["base"]["name"]
-    net = EfficientNet.from_name(base)
-    net.load_state_dict(torch.load(weights_path(base), map_location="cpu", weights_only=True))
-    net.eval()
     head_cfg = config["head"]
-    head = make_head(head_cfg["in_dim"], head_cfg["hidden"], head_cfg["dim"])
-    head.load_state_dict(torch.load(Path(model_dir) / "head.pt", weights_only=True))
-    head.eval()
+    blend = head_cfg.get("blend")
+    head = make_head(
+        head_cfg["in_dim"],
+        head_cfg["hidden"],
+        head_cfg["dim"],
+        blend=math.inf if blend is None else float(blend),
+    )
     fusion = (
         0.5  # EfficientNetLite's default fusion weight (the base version string says avg+probs0.5)
     )
     size = int(config["input_size"])
     images = [decode(p, min_side=size) for p in (query, match)]
     x = torch.from_numpy(preprocess(images, size))
-    fmap = net.extract_features(x)
-    fmap.retain_grad()
-    pooled = torch.nn.functional.normalize(fmap.mean((2, 3)), dim=-1)
-    probs = torch.sqrt(torch.softmax(net._fc(fmap.mean((2, 3))), dim=-1) + 1e-12)
-    descriptor = torch.cat([pooled, fusion * torch.nn.functional.normalize(probs, dim=-1)], 1)
-    embedding = head(torch.nn.functional.normalize(descriptor, dim=-1))
+    if config["mode"] == "blocks":
+        blocks = int(head_cfg["blocks"])
+        trained = make_blocks_net(base, blocks, head, fusion)
+        trained.load_state_dict(torch.load(Path(model_dir) / "blocks.pt", weights_only=True))
+        trained.eval()
+        with torch.no_grad():
+            cut = make_prefix_net(base, blocks)(x)
+        fmap = trained.feature_map(cut)
+        fmap.retain_grad()
+        embedding = trained.head(trained.pooled(fmap))
+    else:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(base)
+        state = torch.load(weights_path(base), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        net.eval()
+        head.load_state_dict(torch.load(Path(model_dir) / "head.pt", weights_only=True))
+        head.eval()
+        fmap = net.extract_features(x)
+        fmap.retain_grad()
+        pooled = torch.nn.functional.normalize(fmap.mean((2, 3)), dim=-1)
+        probs = torch.sqrt(torch.softmax(net._fc(fmap.mean((2, 3))), dim=-1) + 1e-12)
+        descriptor = torch.cat([pooled, fusion * torch.nn.functional.normalize(probs, dim=-1)], 1)
+        embedding = head(torch.nn.functional.normalize(descriptor, dim=-1))
     score = (embedding[0] * embedding[1]).sum()
     score.backward()
     weights = fmap.grad.mean((2, 3), keepdim=True)

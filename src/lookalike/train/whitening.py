@@ -13,12 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["WHITEN_SHRINK", "learned_whitening"]
+__all__ = ["BLENDS", "WHITEN_SHRINK", "blend_name", "learned_whitening", "start_vectors"]
 
 
 #: Shrinkage of the within-class covariance towards a multiple of the identity in
@@ -72,6 +73,46 @@ def learned_whitening(
         rest -= axes.T @ (axes @ rest)
         axes = np.vstack([axes, np.linalg.qr(rest)[0].T])
     return mean, whiten(axes).T
+
+
+#: The blends of descriptor and whitening a run's start is chosen from (:func:`start_vectors`),
+#: in order of preference for the "seen" goal (the reverse for "unseen"): ties go first.
+BLENDS: tuple[float, ...] = (math.inf, 2.0, 1.0, 0.5, 0.0)
+
+
+def start_vectors(
+    features: NDArray[np.float32], whitening: tuple[NDArray, NDArray], blend: float
+) -> NDArray[np.float32]:
+    """The start's embeddings of ``features``: the learned whitening (``blend = inf``), the
+    descriptor itself (``0``) or both side by side, unit length each, the whitening weighted by
+    ``blend`` (cosine = ``(cos_descriptor + blend^2 cos_whitened) / (1 + blend^2)``), unit length.
+
+    Example:
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> start_vectors(x, (np.zeros(3), np.eye(3)[:, :2]), 0.0).shape
+        (3, 3)
+        >>> start_vectors(x, (np.zeros(3), np.eye(3)[:, :2]), 1.0).shape
+        (3, 5)
+    """
+    x = np.asarray(features, dtype=np.float32)
+    if blend == 0:
+        return _unit(x)
+    z = _unit((x - whitening[0]) @ whitening[1])
+    if math.isinf(blend):
+        return z
+    return _unit(np.concatenate([_unit(x), blend * z], axis=1))
+
+
+def blend_name(blend: float) -> str:
+    """How a blend reads in reports: "whitening", "descriptor" or "descriptor + 2 x whitening"."""
+    if math.isinf(blend):
+        return "whitening"
+    return "descriptor" if blend == 0 else f"descriptor + {blend:g} x whitening"
+
+
+def _unit(x: NDArray) -> NDArray[np.float32]:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _principal_axes(
