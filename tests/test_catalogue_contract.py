@@ -169,6 +169,36 @@ def test_iter_vectors_in_batches_and_id_order(catalogue) -> None:
     assert np.array_equal(np.concatenate([c[1] for c in chunks]), vectors)
 
 
+def test_vectors_are_stored_in_each_space_encoding(catalogue) -> None:
+    """Compact vectors (issue #19): every store writes a space in its encoding, reads blobs of
+    several encodings alike, re-encodes format 1's float32 in place and counts them."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    old = catalogue.add_images([_image(f"o{i}", f"/o{i}.jpg", v) for i, v in enumerate(vectors)])
+    catalogue.set_encoding("image", "int8")
+    new = catalogue.add_images([_image(f"n{i}", f"/n{i}.jpg", v) for i, v in enumerate(vectors)])
+    stats = catalogue.vector_stats()["image"]
+    assert stats["float32"] == {"vectors": 12, "bytes": 12 * 64 * 4}
+    assert stats["int8"]["vectors"] == 12 and stats["int8"]["bytes"] < 12 * 80
+    assert np.abs(catalogue.vectors("image", new + old) - np.vstack([vectors] * 2)).max() < 1e-2
+    generation = catalogue.generation()
+    assert catalogue.reencode("image", batch=5) == 12
+    assert catalogue.generation() == generation
+    assert set(catalogue.vector_stats()["image"]) == {"int8"}
+    catalogue.set_encoding("text", "sparse:4")
+    catalogue.put_vectors("text", old[:1], np.array([[0.0, 0.5, 0.1, 0.7, 0.2, 0.05, 0.3]]))
+    assert np.flatnonzero(catalogue.vectors("text", old[:1])[0]).tolist() == [1, 3, 4, 6]
+    catalogue.compact()
+    assert np.allclose(
+        np.concatenate([v for _, v in catalogue.iter_vectors("image")]),
+        np.vstack([vectors] * 2),
+        atol=1e-2,
+    )
+    with pytest.raises(ValueError, match="unknown vector encoding"):
+        catalogue.set_encoding("image", "int3")
+
+
 def test_a_duplicate_hash_rolls_the_batch_back(catalogue) -> None:
     catalogue.add_images([_image("same", "/1.jpg", [1, 0])])
     with pytest.raises(Exception):  # noqa: B017 - each driver raises its own IntegrityError

@@ -32,7 +32,8 @@ def test_index_and_search_finds_an_edited_copy(tmp_path, photo_dir, embedder) ->
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         # The image itself comes first, with cosine 1 when query expansion is off.
         rocket = photo_dir / "rocket.jpg"
-        assert col.search(rocket, k=1, expand=0)[0].score == pytest.approx(1, abs=1e-4)
+        # 1 to the precision of the stored (int8) vector: within 1e-3 of the float32 query
+        assert col.search(rocket, k=1, expand=0)[0].score == pytest.approx(1, abs=1e-3)
         assert col.search(rocket, k=1)[0].path == str(rocket)
 
 

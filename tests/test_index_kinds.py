@@ -170,7 +170,8 @@ def test_ivf_pq_trains_once_it_has_enough_and_is_memory_mapped(data: dict, tmp_p
     loaded = load_index("ivf-pq", tmp_path / "i.faiss")
     assert isinstance(loaded._store.data, np.memmap)
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.structure).invlists)
-    assert isinstance(lists, faiss.OnDiskInvertedLists)
+    # mapped in place (IO_FLAG_MMAP_IFC), not copied in, nor behind OnDiskInvertedLists' locks
+    assert loaded._source is not None and isinstance(lists, faiss.ArrayInvertedLists)
 
 
 def test_tuning_follows_the_target_recall(data: dict) -> None:
@@ -196,7 +197,7 @@ def test_lsh_bit_counts_without_reranking(bits: int, data: dict) -> None:
 
 def test_auto_chooses_by_size_and_budget(data: dict, monkeypatch, tmp_path) -> None:
     assert auto_module.choose_kind(1000, 256, memory_budget=2**30) == "flat"
-    assert auto_module.choose_kind(20_000, 256, memory_budget=2**30) == "hnsw"
+    assert auto_module.choose_kind(20_000, 256, memory_budget=2**30) == "ivf"
     assert auto_module.choose_kind(1_000_000, 256, memory_budget=2**30) == "ivf"
     assert auto_module.choose_kind(1_000_000, 256, memory_budget=2**27) == "ivf-pq"
     assert auto_module.choose_kind(10_000_000, 256, memory_budget=2**30) == "ivf-pq"
@@ -210,18 +211,13 @@ def test_auto_chooses_by_size_and_budget(data: dict, monkeypatch, tmp_path) -> N
     assert index.params["kind"] == "flat"
     index.add(data["ids"][1000:], data["vectors"][1000:])  # grown past EXACT_MAX
     _, ids = index.search(data["queries"], 10)
-    assert index.params["kind"] == "hnsw" and len(index) == 3000
+    # Past EXACT_MAX: trained inverted lists (trained from there on), which tune themselves,
+    # their vectors kept at half precision for re-ranking.
+    assert index.params["kind"] == "ivf" and "nprobe" in index.params and len(index) == 3000
+    assert index.inner._store.data.dtype == np.float16
     assert recall_at(ids, _truth(data)) >= 0.9
     index.save(tmp_path / "a.faiss")
-    assert load_index("auto", tmp_path / "a.faiss").params["kind"] == "hnsw"
-
-    # Past IVF_MIN it moves to trained inverted lists, which tune themselves as well.
-    monkeypatch.setattr(auto_module, "IVF_MIN", 2000)
-    index = create_index("auto", DIM, min_train=1000)
-    index.add(data["ids"], data["vectors"])
-    _, ids = index.search(data["queries"], 10)
-    assert index.params["kind"] == "ivf" and "nprobe" in index.params
-    assert recall_at(ids, _truth(data)) >= 0.9
+    assert load_index("auto", tmp_path / "a.faiss").params["kind"] == "ivf"
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivf-pq", "lsh", "auto"])
@@ -268,7 +264,8 @@ def test_ivf_codecs_and_memory_mapped_lists(codec: str, data: dict, tmp_path: Pa
     index.save(tmp_path / "i.faiss")
     loaded = load_index("ivf", tmp_path / "i.faiss")
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.structure).invlists)
-    assert isinstance(lists, faiss.OnDiskInvertedLists)
+    # mapped in place (IO_FLAG_MMAP_IFC), not copied in, nor behind OnDiskInvertedLists' locks
+    assert loaded._source is not None and isinstance(lists, faiss.ArrayInvertedLists)
     assert np.array_equal(loaded.search(data["queries"], 10)[1], ids)
     with pytest.raises(Exception, match="codec"):
         create_index("ivf", DIM, codec="pq4")

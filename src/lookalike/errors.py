@@ -14,6 +14,7 @@ callers written against those keep working.
     ├── CollectionError (RuntimeError)   a collection cannot be created, opened or written
     │   ├── BusyError                    another writer holds the collection: try again later
     │   └── BulkError                    embedding shards cannot be written, read or merged
+    ├── FilterError (ValueError)         a search filter that cannot be understood
     ├── DatasetError (ValueError)        a folder that is not a usable evaluation set
     ├── EvalError (ValueError)           an evaluation cannot run
     ├── TrainError (ValueError)          training cannot run on this data or with these options
@@ -76,6 +77,10 @@ class BusyError(CollectionError):
 
 class BulkError(CollectionError):
     """Shards cannot be written, read or merged (the message says why)."""
+
+
+class FilterError(LookalikeError, ValueError):
+    """A search filter (``where=``, ``--where``, ``--near``...) that cannot be understood."""
 
 
 class DatasetError(LookalikeError, ValueError):

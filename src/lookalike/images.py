@@ -33,10 +33,19 @@ try:  # HEIC/HEIF support is optional at import time but a declared dependency.
 except ImportError:  # pragma: no cover - exercised only without pillow-heif
     HEIF = False
 
+#: Camera RAW suffixes (decoded by rawpy/LibRaw: :func:`decode_raw`).
+RAW_SUFFIXES = frozenset({".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".dng", ".rw2", ".pef"})
 #: File suffixes that a folder walk treats as images (matched case-insensitively).
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+IMAGE_SUFFIXES = (
+    frozenset(
+        {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic"}
+        | {".heif"}
+    )
+    | RAW_SUFFIXES
 )
+#: A RAW file's embedded preview is used when its shorter side is at least this (or the
+#: ``min_side`` asked for, when larger); else the sensor data is demosaiced at half size.
+RAW_PREVIEW_MIN = 512
 #: Formats Pillow may report for a file we accept (content decides, not the suffix).
 FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "HEIF", "AVIF"})
 #: Largest image, in pixels, that is decoded (a 100-megapixel photo is fine; a bomb is not).
@@ -106,6 +115,12 @@ def decode(
     """
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, str | Path):
+        source = Path(source).read_bytes()
+    if is_raw(source):
+        raw = decode_raw(source, min_side=min_side, max_pixels=max_pixels)
+        if raw is not None:
+            return raw
     image = _open(source, max_pixels)
     plan = _plan(image, min_side, max_bytes)
     if plan.draft is not None:
@@ -127,6 +142,94 @@ def decode(
     if orientation is not None:
         rgb = rgb.transpose(orientation)
     return rgb
+
+
+def is_raw(data: bytes) -> bool:
+    """Whether ``data`` may be a camera RAW file: CR3 (ISO media, ``crx``), RAF, ORF, RW2, or a
+    TIFF structure (CR2, NEF, ARW, DNG, PEF are TIFF-based; :func:`decode_raw` tells them from
+    an ordinary TIFF)."""
+    head = bytes(data[:16])
+    return (
+        head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
+        or head[4:12] == b"ftypcrx "
+        or head[:15] == b"FUJIFILMCCD-RAW"
+    )
+
+
+def decode_raw(
+    data: bytes, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image | None:
+    """A camera RAW file as upright 8-bit RGB: its embedded preview when that is large enough
+    (its shorter side at least ``min_side`` and :data:`RAW_PREVIEW_MIN`: what a search needs,
+    at JPEG speed), else the sensor data demosaiced at half size (LibRaw's fast path: each
+    2x2 Bayer block becomes one pixel; camera white balance). None when LibRaw does not know
+    the format (an ordinary TIFF: Pillow reads it).
+
+    Raises:
+        ImageError: a RAW file LibRaw cannot read (corrupt, truncated), rawpy not installed,
+            or more pixels than ``max_pixels``.
+    """
+    try:
+        import rawpy
+    except ImportError:  # pragma: no cover - rawpy is a dependency
+        if bytes(data[:4]) in (b"II*\x00", b"MM\x00*"):
+            return None  # maybe an ordinary TIFF
+        raise ImageError("camera RAW files need rawpy: pip install rawpy") from None
+    try:
+        raw = rawpy.imread(io.BytesIO(data))
+    except rawpy.LibRawFileUnsupportedError:
+        return None
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise ImageError(f"unreadable RAW file: {exc}") from None
+    with raw:
+        sizes = raw.sizes
+        if sizes.width * sizes.height > max_pixels:
+            raise ImageError(
+                f"too many pixels ({sizes.width}x{sizes.height}); refused as a possible "
+                "decompression bomb"
+            )
+        wanted = max(min_side or 0, RAW_PREVIEW_MIN)
+        preview = _raw_preview(raw, rawpy, wanted, max_pixels)
+        if preview is not None:
+            turn = _RAW_FLIPS.get(int(sizes.flip))
+            return preview.transpose(turn) if turn is not None else preview
+        try:
+            pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+        except (rawpy.LibRawError, MemoryError, ValueError) as exc:
+            raise ImageError(f"cannot demosaic RAW file: {exc}") from None
+    return Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB")
+
+
+#: LibRaw's ``flip`` -> the turn that makes its preview upright.
+_RAW_FLIPS = {
+    3: Image.Transpose.ROTATE_180,
+    5: Image.Transpose.ROTATE_90,
+    6: Image.Transpose.ROTATE_270,
+}
+
+
+def _raw_preview(raw: object, rawpy: object, wanted: int, max_pixels: int) -> Image.Image | None:
+    """The embedded preview, decoded, when its shorter side is at least ``wanted``."""
+    try:
+        thumb = raw.extract_thumb()  # type: ignore[attr-defined]
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):  # type: ignore[attr-defined]
+        return None
+    except rawpy.LibRawError:  # type: ignore[attr-defined]
+        return None
+    try:
+        if thumb.format == rawpy.ThumbFormat.JPEG:  # type: ignore[attr-defined]
+            image = Image.open(io.BytesIO(thumb.data))
+            if min(image.size) < wanted or image.size[0] * image.size[1] > max_pixels:
+                return None
+            image.draft("RGB", (wanted, wanted))  # the smallest DCT scale still that large
+            image.load()
+            return to_rgb(image)
+        array = np.asarray(thumb.data)
+        if array.ndim != 3 or min(array.shape[:2]) < wanted:
+            return None
+        return Image.fromarray(np.ascontiguousarray(array[..., :3]).astype(np.uint8), "RGB")
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def decode_cost(

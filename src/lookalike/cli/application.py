@@ -23,6 +23,7 @@ from typer.core import TyperCommand
 COMMANDS = (
     "lookalike.cli.core",
     "lookalike.cli.check",
+    "lookalike.cli.watch",
     "lookalike.evaluate.cli",
     "lookalike.server.cli",
     "lookalike.train.cli",

@@ -381,11 +381,78 @@ def search(
             "several queries. With images or --text: one ranking of both.",
         ),
     ] = None,
+    like: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--like",
+            metavar="PATH_OR_ID",
+            help="More like this: an indexed image (its path or id) is the query, from its "
+            "stored vector (nothing decoded); it is left out of its results. Repeatable.",
+        ),
+    ] = None,
+    taken_after: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATE",
+            help="Only images taken at or after DATE (2021, 2021-05, 2021-05-01, "
+            "2021-05-01T10:00, +02:00 may follow): EXIF time, else the file's time.",
+        ),
+    ] = None,
+    taken_before: Annotated[
+        str | None, typer.Option(metavar="DATE", help="Only images taken before DATE.")
+    ] = None,
+    near: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LAT,LON,KM", help="Only images whose GPS position is within KM of LAT,LON."
+        ),
+    ] = None,
+    camera: Annotated[
+        str | None,
+        typer.Option(metavar="TEXT", help="Only images whose camera make or model contains TEXT."),
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--in", metavar="FOLDER", help="Only images with a file under FOLDER."),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            metavar="KEY=VALUE",
+            help="Only images whose metadata KEY is VALUE (also KEY!=, <, <=, >, >= for "
+            "numbers; stored columns too: width, height, bytes, camera_model, lens...). "
+            "Repeatable: all must hold.",
+        ),
+    ] = None,
+    as_csv: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="Print CSV on stdout: one row per result (query, rank, score, id, path, "
+            "taken, camera, lat, lon...).",
+        ),
+    ] = False,
 ) -> None:
-    """Find the indexed images most similar to each query image, or matching a text. Exit code 1
-    when a query cannot be read (the others are answered)."""
+    """Find the indexed images most similar to each query image, or matching a text, or like an
+    indexed image (--like); filters (--taken-after, --near, --camera, --in, --where) are exact:
+    k results whenever k images match. Exit code 1 when a query cannot be read (the others are
+    answered)."""
     images, text, negative = images or [], text or [], negative or []
-    words = words or []
+    words, like = words or [], like or []
+    filters = _filters(taken_after, taken_before, near, camera, folder, where)
+    if as_csv and as_json:
+        validate.refuse("--csv and --json are two ways to print results: choose one")
+    if like and (images or text or words):
+        validate.refuse(
+            "--like is a query of its own: give it without query images, --text or --words"
+        )
+    if like and (verify or region):
+        validate.refuse("--like searches with a stored vector: --verify and --region do not apply")
+    if filters and words:
+        validate.refuse("--words ranks by the words in pictures; filters do not apply to it yet")
+    if like:
+        images = []  # the queries are the --like images
     if words and (mode != "image" or verify or region or negative or explain or exclude_self):
         validate.refuse(
             "--words ranks by the words in pictures (with images or --text as they are): "
@@ -393,8 +460,8 @@ def search(
         )
     if negative and not text:
         validate.refuse("--not steers a text query away from words: it needs --text")
-    if not images and not text and not words:
-        validate.refuse("give query images, --text, or both (or --words)")
+    if not images and not text and not words and not like:
+        validate.refuse("give query images, --text, or both (or --words, or --like)")
     if text:
         if region is not None and not images:
             validate.refuse("--region picks a box of a query image; a text query has none")
@@ -426,7 +493,9 @@ def search(
         nonlocal failed
         if problem is not None:
             failed = True
-            if as_json:
+            if as_csv:
+                _print_csv(query, [], problem)
+            elif as_json:
                 print(json.dumps({"query": query, "results": [], "error": problem}))
             else:
                 err.print(f"[red]error:[/red] {query}: {problem}", highlight=False)
@@ -434,7 +503,9 @@ def search(
         if min_score is not None:
             results = [r for r in results if r.score >= min_score]
         shown.append((query, results))
-        if as_json:
+        if as_csv:
+            _print_csv(query, results, problem)
+        elif as_json:
             data = {"query": query, "results": [r.to_dict() for r in results]}
             if understood is not None:
                 data["understood"] = understood
@@ -445,7 +516,18 @@ def search(
             _print_results(query, results)
 
     with errors(), Collection.open(path) as col:
-        if words:
+        allowed = col.ids_where(filters) if filters else None
+        if like:
+            if mode not in col.spaces():
+                col.index(mode)  # no copy space: fails once, saying how to add it
+            for value in like:
+                image_id, problem = _like_id(col, value)
+                if problem is not None:
+                    report(value, None, problem)
+                    continue
+                hits = col.search_like(image_id, k, space=mode, expand=expand, where=allowed)
+                report(value, hits)
+        elif words:
             from lookalike.words.cli import answer_words
 
             answer_words(col, words, k, images=images, text=text, report=report)
@@ -470,7 +552,7 @@ def search(
                     continue
                 try:
                     hits = col.search_text(
-                        terms, k + len(self_ids), negative=negative, images=pictures
+                        terms, k + len(self_ids), negative=negative, images=pictures, where=allowed
                     )
                 except (ImageError, OSError) as exc:
                     report(label, None, getattr(exc, "reason", None) or str(exc))
@@ -488,9 +570,9 @@ def search(
                 try:
                     self_ids = _self_ids(col, image) if exclude_self else set()
                     vector = col.embed([query], mode)  # one failing must not sink the others
-                    hits = col.search_vectors(vector, k + len(self_ids), space=mode, expand=expand)[
-                        0
-                    ]
+                    hits = col.search_vectors(
+                        vector, k + len(self_ids), space=mode, expand=expand, where=allowed
+                    )[0]
                     hits = [h for h in hits if h.id not in self_ids][:k]
                     if verify:
                         from lookalike.keypoints.rerank import verify_results
@@ -504,6 +586,86 @@ def search(
             err.print(f"grid written to {_write_grid(shown, grid)}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _filters(
+    taken_after: str | None,
+    taken_before: str | None,
+    near: str | None,
+    camera: str | None,
+    folder: Path | None,
+    where: list[str] | None,
+) -> dict:
+    """The search filter the options give (``collection.filters``), checked: a value that
+    cannot be read is a usage error."""
+    from lookalike.collection.filters import FilterError, conditions
+
+    given = {
+        "taken_after": taken_after,
+        "taken_before": taken_before,
+        "near": near,
+        "camera": camera,
+        "folder": folder,
+        "where": list(where or []) or None,
+    }
+    filters = {key: value for key, value in given.items() if value is not None}
+    try:
+        conditions(filters)
+    except FilterError as exc:
+        validate.refuse(str(exc))
+    return filters
+
+
+def _like_id(col: Collection, value: str) -> tuple[int | None, str | None]:
+    """The image id a ``--like`` names: an id, or an indexed file (by path, else content)."""
+    if value.isdigit():
+        image_id = int(value)
+        return (image_id, None) if col.get(image_id) is not None else (None, "no such image id")
+    path = Path(value).expanduser()
+    states = col.catalogue.file_states()
+    known = states.get(os.path.abspath(path)) or states.get(str(path.resolve()))
+    if known is not None:
+        return known[1], None
+    if not path.is_file():
+        return None, "no such file, and not an image id"
+    found = _self_ids(col, path)
+    if not found:
+        return None, "not in the collection (index it first, or give an image as a query)"
+    return next(iter(found)), None
+
+
+def _print_csv(query: str, results: list, problem: str | None = None) -> None:
+    """CSV rows of one query's results (the header before the first row printed)."""
+    import csv
+    import sys
+
+    from lookalike.collection.results import described
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if not getattr(_print_csv, "started", False):
+        _print_csv.started = True  # type: ignore[attr-defined]
+        writer.writerow(CSV_COLUMNS)
+    if problem is not None:
+        writer.writerow([query, "", "", "", "", "", "", "", "", "", "", "", problem])
+        return
+    for rank, r in enumerate(results, 1):
+        info = described(r.info)
+        gps = info.get("gps") or ["", ""]
+        writer.writerow(
+            [
+                query, rank, f"{r.score:.6f}", r.id, r.path, info.get("taken", ""),
+                info.get("taken_from", ""), info.get("camera", ""), gps[0], gps[1],
+                "" if r.verified is None else ("yes" if r.verified else "no"),
+                "" if r.inliers is None else r.inliers, "",
+            ]
+        )  # fmt: skip
+
+
+#: The columns of ``search --csv``.
+CSV_COLUMNS = (
+    "query", "rank", "score", "id", "path", "taken", "taken_from", "camera", "lat", "lon",
+    "verified", "inliers", "error",
+)  # fmt: skip
 
 
 def _query_of(image: Path, box: validate.Region | None) -> tuple[object, str | None]:

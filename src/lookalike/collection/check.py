@@ -14,6 +14,10 @@ What is checked, in the order a repair needs it:
 4. **Every index file** loads and holds as many vectors as the catalogue. Repair: rebuilt from
    the catalogue and saved. An index behind the catalogue (a killed run) is only a note: it is
    rebuilt on first use anyway.
+5. **The format**: a collection of an older format (``manifest.FORMAT_VERSION``) is a note (it
+   reads as it is; its next writer upgrades it), one whose upgrade was killed half-way (some
+   vectors re-encoded, the manifest still old) a problem. Repair: the upgrade is run, or
+   finished (``Collection.upgrade``), before the other repairs.
 
 Leftover temporary files of killed writers are noted and removed by a repair. A repair holds
 the collection's write lock (another writer at work: BusyError).
@@ -36,6 +40,7 @@ from pathlib import Path
 from lookalike.collection.core import Collection
 from lookalike.collection.lock import WriteLock
 from lookalike.collection.manifest import (
+    FORMAT_VERSION,
     MANIFEST_COPY,
     parse_manifest,
     read_manifest,
@@ -290,10 +295,13 @@ def _check_collection(
         report.add("collection", str(exc))
         return
     with col:
+        upgrade = _check_format(col, report)
         # Index files first: a damaged one is moved out of the way before completing a space
         # rebuilds its index.
         if repair:
-            with col.writing():
+            with col.writing():  # which upgrades an older format first
+                if upgrade is not None:
+                    upgrade.repaired = col.manifest["format_version"] == FORMAT_VERSION
                 _check_indexes(col, report, repair)
                 _check_spaces(col, report, repair, progress)
                 for space in col.spaces():  # every index current and saved
@@ -302,6 +310,31 @@ def _check_collection(
         else:
             _check_indexes(col, report, repair)
             _check_spaces(col, report, repair, progress)
+
+
+def _check_format(col: Collection, report: CheckReport) -> Finding | None:
+    """A note for a collection of an older format, a problem for one whose upgrade stopped
+    half-way (its vectors partly re-encoded); None when it is of the current format."""
+    version = int(col.manifest.get("format_version", 1))
+    if version >= FORMAT_VERSION:
+        return None
+    stats = col.catalogue.vector_stats()
+    total = sum(e["vectors"] for by in stats.values() for e in by.values())
+    old = sum(by.get("float32", {}).get("vectors", 0) for by in stats.values())
+    finish = f"`lookalike check --repair --collection {col.path}` or its next `lookalike index`"
+    if old < total:
+        return report.add(
+            "format",
+            f"the upgrade from collection format {version} to {FORMAT_VERSION} was interrupted "
+            f"({total - old} of {total} vectors re-encoded): {finish} finishes it",
+        )
+    size = sum(e["bytes"] for by in stats.values() for e in by.values())
+    return report.add(
+        "format",
+        f"collection format {version} ({total} vectors at full precision, {size / 1e6:.1f} MB): "
+        f"{finish} upgrades it to format {FORMAT_VERSION} (compact vectors)",
+        note=True,
+    )
 
 
 def _check_spaces(

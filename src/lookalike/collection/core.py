@@ -52,6 +52,7 @@ from lookalike.collection.manifest import (
     new_manifest,
     read_manifest,
 )
+from lookalike.collection.metadata import HeaderPass, read_headers
 from lookalike.collection.pipeline import (
     Indexer,
     Loader,
@@ -129,6 +130,7 @@ class Collection(Spaces, Searching, TextSearch):
         self._writing = False  # holds the write lock now
         self._writer: int | None = None  # the thread that holds it (writing() re-enters)
         self._complete = False  # every space was found complete (checked once per instance)
+        self._apply_encodings()  # how the catalogue writes each space (spaces.py)
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -313,7 +315,7 @@ class Collection(Spaces, Searching, TextSearch):
                 out[space] = self.space_embedder(space).embed_images(images)
         if TEXT_SPACE in self.spaces():
             out[TEXT_SPACE] = self._text_vectors_of(out[IMAGE_SPACE])
-        return out
+        return self.as_stored(out)  # what the catalogue will give back (spaces.py)
 
     # -- writing ----------------------------------------------------------------------------
     def add(
@@ -465,7 +467,7 @@ class Collection(Spaces, Searching, TextSearch):
             raise CollectionError(f"the embedded vectors lack the spaces {missing}")
         if TEXT_SPACE in self.spaces():
             out[TEXT_SPACE] = self._text_vectors_of(out[IMAGE_SPACE])
-        return out
+        return self.as_stored(out)
 
     def _index_files(
         self,
@@ -485,13 +487,28 @@ class Collection(Spaces, Searching, TextSearch):
             # space's files are resumed below.
             if not self._complete:
                 self.complete_spaces(progress=progress)
+            self.read_headers()  # images indexed before their headers were stored
             self.enable_text()  # an older collection gains its text space from stored vectors
             self._keep_manifest_copy()
             indexer = Indexer(self, batch_size, workers or min(4, os.cpu_count() or 1))
             indexer.metadata = metadata or {}
             indexer.states = states or {}
             indexer.loader = loader
-            return indexer.run(files, prune_prefixes, progress)
+            report = indexer.run(files, prune_prefixes, progress)
+            if not report.interrupted and loader is not None:
+                self.read_headers()  # images whose files were read elsewhere (Ray, shards)
+            return report
+
+    def read_headers(self, *, workers: int = 4) -> HeaderPass:
+        """Read the file headers (taken time, GPS, camera, lens) of the images that have none
+        stored: images indexed by an older lookalike or by Ray workers. Headers only, no
+        decoding; resumable (``collection.metadata``). Every indexing run starts with it.
+
+        Example:
+            >>> col.read_headers().read  # doctest: +SKIP
+            12408
+        """
+        return read_headers(self, workers=workers)
 
     # -- completing spaces: every image has a vector in every space ----------------------------
     def spaces_missing(self) -> dict[str, int]:
@@ -727,6 +744,7 @@ class Collection(Spaces, Searching, TextSearch):
         with WriteLock(self.path, self), self._lock:
             self._writer = me
             try:
+                self.upgrade()  # a collection of an older format, before anything is written
                 yield
             finally:
                 self._writer = None
@@ -739,6 +757,7 @@ class Collection(Spaces, Searching, TextSearch):
             self.manifest["spaces"][name] = dict(spec)
             write_json(self.path / "manifest.json", self.manifest)
             self._complete = False
+            self._apply_encodings()
         self._keep_manifest_copy()
         if embedder is not None:
             self._space_embedders[name] = embedder

@@ -2,14 +2,22 @@
 
 ``manifest.json`` is the first file a collection has and the one that says what the rest are::
 
-    {"format": "lookalike-collection", "format_version": 1, "created": "...",
+    {"format": "lookalike-collection", "format_version": 2, "created": "...",
      "model": {"name", "version", "dim"}, "index": {"kind"},
-     "spaces": {"image": {"dim", "index", "reduce", "expand"},
-                "text": {"dim", "index", "derive": "conse", "version"},
-                "copy": {"model", "version", "dim", "index"}}}
+     "spaces": {"image": {"dim", "index", "reduce", "expand", "encoding": "int8z"},
+                "text": {"dim", "index", "derive": "conse", "version",
+                         "encoding": "sparse:96"},
+                "copy": {"model", "version", "dim", "index", "encoding": "int8"}}}
 
 A space with a ``model`` is computed by a model of its own (copy detection); the others come from
-the collection's model. :func:`upgrade_manifest` reads older formats or says how to migrate.
+the collection's model. ``encoding`` is how the catalogue stores the space's vectors
+(``store.encoding``; docs/benchmarks.md, section ``compact``, has the measurements).
+
+Formats: 1 kept every vector as float32 and a flat index per space (``index`` "flat", the
+text space a dense 1000-d copy); 2 keeps them compact (``encoding``) and lets ``auto`` choose
+every space's index. :func:`upgrade_manifest` reads both; a collection of format 1 is searched
+as it is and upgraded in place by its next writer (``Spaces.upgrade``: re-encoding in batches,
+resumable), or by ``lookalike check --repair``.
 
 Example:
     >>> manifest = {"format": "lookalike-collection", "format_version": 1,
@@ -28,9 +36,18 @@ from lookalike.errors import CollectionError
 from lookalike.models import Embedder
 
 #: Version of the folder layout and manifest; see :func:`upgrade_manifest` for older ones.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_MODEL = "efficientnet-lite0"
-DEFAULT_INDEX = "flat"
+#: Every space's index kind by default: chosen by size and memory budget (``index.auto``).
+DEFAULT_INDEX = "auto"
+#: How the catalogue stores each space's vectors (``store.encoding``), chosen by measurement
+#: (docs/benchmarks.md, section ``compact``): int8 changes no retrieval figure of the default
+#: descriptor at the 4th decimal, and zlib halves it again (its many small values); the text
+#: space keeps each image's 96 largest class scores (Tiny ImageNet text mAP within 0.003 of
+#: all 1000, where 64 lost 0.006); model spaces (copy detection) int8.
+IMAGE_ENCODING = "int8z"
+TEXT_ENCODING = "sparse:96"
+SPACE_ENCODING = "int8"
 #: The space of the collection's main (semantic) descriptor.
 IMAGE_SPACE = "image"
 #: The space text queries are matched in (derived from the image descriptors, see models/text.py).
@@ -63,6 +80,7 @@ def new_manifest(embedder: Embedder, index: str) -> dict:
                 "index": index,
                 "reduce": REDUCE_DIM,
                 "expand": EXPAND,
+                "encoding": IMAGE_ENCODING,
             }
         },
     }
@@ -71,14 +89,21 @@ def new_manifest(embedder: Embedder, index: str) -> dict:
     return manifest
 
 
-def model_space_spec(embedder: Embedder, index: str = "flat") -> dict:
+def model_space_spec(embedder: Embedder, index: str = DEFAULT_INDEX) -> dict:
     """The manifest entry of a space computed by a model of its own (``embedder``)."""
     return {
         "model": embedder.name,
         "version": embedder.version,
         "dim": int(embedder.dim),
         "index": index,
+        "encoding": SPACE_ENCODING,
     }
+
+
+def sparse_top(spec: dict) -> int | None:
+    """How many entries a vector of a space keeps when it is stored sparse (``sparse:T``)."""
+    name, _, top = str(spec.get("encoding", "")).partition(":")
+    return int(top) if name == "sparse" and top.isdigit() else None
 
 
 def read_manifest(path: Path) -> dict:
@@ -148,7 +173,13 @@ def text_space_spec(model: object | None = None) -> dict:
         from lookalike.models.text import ConSE
 
         model = ConSE()
-    return {"dim": model.dim, "index": "flat", "derive": "conse", "version": model.version}
+    return {
+        "dim": model.dim,
+        "index": DEFAULT_INDEX,
+        "derive": "conse",
+        "version": model.version,
+        "encoding": TEXT_ENCODING,
+    }
 
 
 def upgrade_manifest(manifest: dict, path: Path) -> dict:
@@ -161,10 +192,38 @@ def upgrade_manifest(manifest: dict, path: Path) -> dict:
             f"{path} has collection format {version}, newer than this lookalike reads "
             f"({FORMAT_VERSION}): upgrade lookalike (pip install -U lookalike)"
         )
-    # Format 1 is the first; future upgrades go here, oldest first, and rewrite the manifest.
     # Early format-1 manifests named only the model's space; derive it.
     manifest.setdefault(
         "spaces",
         {IMAGE_SPACE: {"dim": manifest["model"]["dim"], "index": manifest["index"]["kind"]}},
     )
+    # Format 1 is read as it is (its vectors are float32, which every encoding reader takes);
+    # its next writer upgrades it in place with upgraded_spaces() (``Spaces.upgrade``).
     return manifest
+
+
+def upgraded_spaces(manifest: dict) -> dict[str, dict]:
+    """The spaces of a format-1 manifest as format 2 has them: each with its ``encoding``, and
+    ``auto`` instead of ``flat`` (the former default, which kept every vector in RAM; another
+    kind that was asked for stays). Format 2's own spaces are returned as they are.
+
+    Example:
+        >>> old = {"image": {"dim": 2280, "index": "flat"}, "text": {"dim": 1000,
+        ...        "index": "flat", "derive": "conse", "version": "v"}}
+        >>> new = upgraded_spaces({"format_version": 1, "spaces": old})
+        >>> new["image"]["encoding"], new["text"]["encoding"], new["text"]["index"]
+        ('int8z', 'sparse:96', 'auto')
+    """
+    spaces = {name: dict(spec) for name, spec in manifest["spaces"].items()}
+    if int(manifest.get("format_version", 0)) >= FORMAT_VERSION:
+        return spaces
+    for name, spec in spaces.items():
+        if name == TEXT_SPACE:
+            spec.setdefault("encoding", TEXT_ENCODING)
+        elif name == IMAGE_SPACE:
+            spec.setdefault("encoding", IMAGE_ENCODING)
+        else:
+            spec.setdefault("encoding", SPACE_ENCODING)
+        if spec.get("index") == "flat":
+            spec["index"] = DEFAULT_INDEX
+    return spaces

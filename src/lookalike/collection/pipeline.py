@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lookalike.collection.metadata import info_of_file
 from lookalike.collection.results import IndexReport
 from lookalike.errors import CollectionError, ImageError
 from lookalike.ingest import files as ingest
@@ -47,6 +48,8 @@ class Indexer:
         # loader that yields loaded (or already-embedded) items for the files to do.
         self.states: dict[str, FileState] = {}
         self.loader: Loader | None = None
+        # What each loaded file's header says (``ingest.exif``), read in the loading threads.
+        self.infos: dict[str, dict] = {}
 
     def run(self, files: list[str], prune: set[str], progress: Progress | None) -> IndexReport:
         start = time.perf_counter()
@@ -97,6 +100,8 @@ class Indexer:
             )
             if prepare is not None and item.image is not None:
                 item.prepared = prepare(item.image)  # resize here, beside the network's work
+            if item.error is None:  # the file is in the page cache now: its header is cheap
+                self.infos[path] = info_of_file(path, state.mtime_ns)
             return item
 
         total = len(todo)
@@ -157,6 +162,7 @@ class Indexer:
         self.pending.append(item)
 
     def _link(self, item: ingest.Loaded, image_id: int) -> None:
+        self.infos.pop(item.path, None)  # the image's header info came from its first file
         record = self.cat.images([image_id])[0]
         if item.path in self.replaced:
             self._drop([item.path])
@@ -192,6 +198,7 @@ class Indexer:
                         height=item.height,
                         vectors={space: v[i] for space, v in vectors.items()},
                         metadata=self.metadata.get(item.path, {}),
+                        info=self.infos.pop(item.path, {}),
                     )
                     for i, item in enumerate(batch)
                 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from lookalike.ingest.exif import taken_text
+
 
 @dataclass
 class SearchResult:
@@ -21,6 +23,8 @@ class SearchResult:
     width: int = 0
     height: int = 0
     metadata: dict = field(default_factory=dict)
+    #: What the file's header says (``store.ImageRecord.info``: taken time, GPS, camera, lens).
+    info: dict = field(default_factory=dict)
     # Set by geometric verification (copies.verify_results); None when not checked.
     verified: bool | None = None
     inliers: int | None = None
@@ -33,11 +37,35 @@ class SearchResult:
             out["duplicates"] = list(self.paths[1:])
         if self.metadata:
             out["metadata"] = self.metadata
+        out.update(described(self.info))
         if self.verified is not None:
             out["verified"] = bool(self.verified)
             out["inliers"] = int(self.inliers or 0)
             out["region"] = list(self.region) if self.region else None
         return out
+
+
+def described(info: dict) -> dict:
+    """The JSON fields of an image's header info: ``taken`` (ISO 8601, with the offset when
+    known), ``taken_from`` (``exif`` or ``mtime``), ``gps`` ([lat, lon]), ``camera``, ``lens``.
+
+    Example:
+        >>> described({"taken_at": 1619863200.0, "taken_offset": 120, "taken_source": "exif"})
+        {'taken': '2021-05-01T10:00:00+02:00', 'taken_from': 'exif'}
+    """
+    out: dict = {}
+    if info.get("taken_at") is not None:
+        out["taken"] = taken_text(info["taken_at"], info.get("taken_offset"))
+        out["taken_from"] = info.get("taken_source")
+    if info.get("lat") is not None and info.get("lon") is not None:
+        out["gps"] = [info["lat"], info["lon"]]
+    make, model = info.get("camera_make") or "", info.get("camera_model") or ""
+    camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}"
+    if camera.strip():
+        out["camera"] = camera.strip()
+    if info.get("lens"):
+        out["lens"] = info["lens"]
+    return out
 
 
 @dataclass

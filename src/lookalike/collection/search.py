@@ -1,9 +1,23 @@
 """Searching a collection: embed the queries, search a space's index, expand the query with
 its first results (α-QE), and turn ids into results.
 
+**Filtered search** (``where=``, see :mod:`.filters`) is exact about the filter: the allowed
+ids are selected in the catalogue first (one SQL query on indexed columns), then searched
+*inside* the index, which picks its plan by selectivity (``lookalike.index``: few allowed ids,
+an exact scan of their stored vectors; many, the index searched with a FAISS id selector and
+its parameters widened, a short row scanned exactly). So a filter never returns fewer than
+``k`` results when ``k`` images match, and query expansion uses, and returns, allowed images
+only. An index kind that cannot filter (Milvus) is searched deeper and its results filtered,
+then, when that is not enough, the allowed stored vectors are scanned exactly.
+
+**More like this** (:meth:`Searching.search_like`) searches with an image's stored vector (no
+decoding) and leaves the image itself out.
+
 Example:
     >>> col.search("query.jpg", k=5)  # doctest: +SKIP
+    >>> col.search("q.jpg", k=5, where={"camera": "canon"})  # doctest: +SKIP
     >>> col.search_vectors(vectors, k=10, space="copy", expand=0)  # doctest: +SKIP
+    >>> col.search_like(8817, k=5)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,15 +29,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lookalike.collection.filters import Where, conditions
 from lookalike.collection.manifest import IMAGE_SPACE
 from lookalike.collection.results import SearchResult
 from lookalike.descriptors import blas_on_one_thread, l2n, query_expansion
+from lookalike.errors import CollectionError
 from lookalike.images import decode
 from lookalike.index import VectorIndex
+from lookalike.index.base import accepts_allowed
+from lookalike.index.exact import exact_search
 from lookalike.index.faiss_compat import keep_search_params
 from lookalike.index.projected import ProjectedIndex
 
 Query = str | Path | bytes | Image.Image | np.ndarray
+#: Results an index that cannot filter is asked for at most, before the allowed stored vectors
+#: are scanned instead (Milvus answers at most 16,384).
+DEEPEST = 16_384
+#: Stored vectors read from the catalogue at once by an exact scan of allowed ids.
+SCAN_CHUNK = 8_192
+#: Filters whose selected ids are kept (until the catalogue changes).
+SELECTIONS_KEPT = 32
 
 
 def capability(name: str):
@@ -64,6 +89,7 @@ class Searching:
         space: str = IMAGE_SPACE,
         expand: int | None = None,
         verify: bool = False,
+        where: Where = None,
     ) -> list[SearchResult]:
         """The ``k`` images most similar to ``query``, best first (score = cosine similarity).
 
@@ -71,9 +97,14 @@ class Searching:
         see :meth:`search_vectors`. ``space="copy"`` finds edited copies (see
         :meth:`add_copy_space`); ``verify=True`` re-ranks the hits by keypoint matching and
         fills their ``verified``, ``inliers`` and ``region`` (``lookalike.keypoints.rerank``).
+        ``where``: only images that match this filter (:mod:`lookalike.collection.filters`),
+        e.g. ``{"taken_after": "2021-05-01", "near": (48.85, 2.35, 10), "sku": "A-12"}``.
         """
         self.index(space)  # a missing space fails here, before the model is loaded
-        results = self.search_vectors(self.embed([query], space), k, space=space, expand=expand)
+        allowed = self.ids_where(where)  # a filter that cannot be read fails before embedding
+        results = self.search_vectors(
+            self.embed([query], space), k, space=space, expand=expand, where=allowed
+        )
         if verify:
             return capability("keypoints.rerank").verify_results(query, results[0])
         return results[0]
@@ -85,10 +116,12 @@ class Searching:
         *,
         space: str = IMAGE_SPACE,
         expand: int | None = None,
+        where: Where = None,
     ) -> list[list[SearchResult]]:
         """:meth:`search` for several queries at once (one batch through the model)."""
+        allowed = self.ids_where(where)
         vectors = self.embed(queries, space)
-        return self.search_vectors(vectors, k, space=space, expand=expand)
+        return self.search_vectors(vectors, k, space=space, expand=expand, where=allowed)
 
     def search_vectors(
         self,
@@ -97,23 +130,148 @@ class Searching:
         *,
         space: str = IMAGE_SPACE,
         expand: int | None = None,
+        where: Where | np.ndarray = None,
+        exclude: Sequence[int] = (),
     ) -> list[list[SearchResult]]:
         """Nearest images to each row of ``vectors`` (already in ``space``).
 
         ``expand`` is the number of first results that α-query expansion adds to the query
         before a second search (the space's default when None; 0 turns it off). Scores are then
-        cosine similarities to the expanded query.
+        cosine similarities to the expanded query. ``where``: a filter (see :meth:`search`), or
+        the allowed ids themselves (a sorted int64 array, :meth:`ids_where`). ``exclude``:
+        image ids never returned (:meth:`search_like` leaves the image itself out).
         """
         index = self.index(space)
-        if len(index) == 0 or len(vectors) == 0:
+        allowed = where if isinstance(where, np.ndarray) else self.ids_where(where)
+        if len(index) == 0 or len(vectors) == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(vectors))]
         expand = self.spaces()[space].get("expand", 0) if expand is None else expand
+        extra = len(exclude)
         keep_search_params()  # pytorch-metric-learning's FAISS patch drops params= (ann kinds)
         with blas_on_one_thread(len(vectors) <= 16):
-            scores, ids = index.search(vectors, max(k, expand))
+            scores, ids = self._search_index(index, space, vectors, max(k + extra, expand), allowed)
             if expand:
-                scores, ids = self._expanded_search(index, space, vectors, scores, ids, expand, k)
+                scores, ids = self._expanded_search(
+                    index, space, vectors, scores, ids, expand, k + extra, allowed
+                )
+        if extra:
+            ids, scores = _without(ids, scores, np.asarray(list(exclude), np.int64))
         return [self._results(i[:k], s[:k]) for i, s in zip(ids, scores, strict=True)]
+
+    def search_like(
+        self,
+        image_id: int,
+        k: int = 10,
+        *,
+        space: str = IMAGE_SPACE,
+        expand: int | None = None,
+        where: Where = None,
+    ) -> list[SearchResult]:
+        """ "More like this": the ``k`` images most similar to a stored image, from its stored
+        vector (nothing is decoded), the image itself left out.
+
+        Raises:
+            CollectionError: no image ``image_id`` (or no vector of it in ``space``).
+
+        Example:
+            >>> col.search_like(8817, k=5, where={"folder": "~/Photos/2024"})  # doctest: +SKIP
+        """
+        self.index(space)
+        try:
+            vector = self.catalogue.vectors(space, [int(image_id)])
+        except KeyError:
+            raise CollectionError(f"no image {image_id} in {self.path}") from None
+        return self.search_vectors(
+            vector, k, space=space, expand=expand, where=where, exclude=[int(image_id)]
+        )[0]
+
+    def ids_where(self, where: Where | np.ndarray) -> np.ndarray | None:
+        """The ids of the images a filter allows, sorted (None: no filter, every image).
+
+        Raises:
+            FilterError: a filter that cannot be understood.
+
+        Example:
+            >>> col.ids_where({"camera": "canon", "taken_after": "2021"})  # doctest: +SKIP
+            array([  3,  17, 254])
+        """
+        if isinstance(where, np.ndarray):
+            return np.unique(where.astype(np.int64))
+        found = conditions(where)
+        if not found:
+            return None
+        stamp_of = getattr(self.catalogue, "change_stamp", None)
+        if stamp_of is None:  # a catalogue that cannot tell when it changed: ask it each time
+            return self.catalogue.select_ids(found)
+        # The same filter again (the next query, the next page) while nothing was written:
+        # the ids selected last time (a JSON key or a LIKE costs a scan of every image).
+        key, stamp = repr(found), stamp_of()
+        cache = self.__dict__.setdefault("_selections", {})
+        cached = cache.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        ids = self.catalogue.select_ids(found)
+        if len(cache) >= SELECTIONS_KEPT:
+            cache.clear()
+        cache[key] = (stamp, ids)
+        return ids
+
+    def _search_index(
+        self,
+        index: VectorIndex,
+        space: str,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        projected: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``index.search``, among the ``allowed`` ids when given. ``projected``: ``index`` and
+        ``queries`` are in the projected coordinates (the inner index of a PCA)."""
+        if allowed is None:
+            return index.search(queries, k)
+        if accepts_allowed(index):
+            return index.search(queries, k, allowed=allowed)
+        return self._filter_unfiltered(index, space, queries, k, allowed, projected)
+
+    def _filter_unfiltered(
+        self,
+        index: VectorIndex,
+        space: str,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray,
+        projected: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A filtered search with an index that cannot filter: asked for ``k / selectivity``
+        results (twice that, up to :data:`DEEPEST`) and filtered while that finds ``k`` allowed
+        ones for every query; else an exact scan of the allowed stored vectors."""
+        k = min(k, len(allowed))
+        total = max(len(index), 1)
+        depth = int(np.ceil(2 * k * total / len(allowed)))
+        if depth <= DEEPEST:
+            scores, ids = index.search(queries, min(depth, total))
+            keep = np.isin(ids, allowed) & (ids >= 0)
+            if (keep.sum(axis=1) >= k).all() or depth >= total:
+                order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+                kept = np.take_along_axis(keep, order, 1)
+                ids = np.where(kept, np.take_along_axis(ids, order, 1), -1)
+                return np.take_along_axis(scores, order, 1), ids
+        if not projected:
+            queries = self.project(queries, space)
+        if len(allowed) and self.spaces_missing().get(space):  # e.g. an incomplete copy space
+            allowed = np.setdiff1d(allowed, np.asarray(self.ids_missing(space), np.int64))
+        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+        best_ids = np.full((len(queries), 0), -1, np.int64)
+        for start in range(0, len(allowed), SCAN_CHUNK):
+            chunk = allowed[start : start + SCAN_CHUNK]
+            stored = self.project(self.catalogue.vectors(space, chunk.tolist()), space)
+            scores, rows = exact_search(stored, queries, k)
+            best_scores = np.concatenate([best_scores, scores], axis=1)
+            best_ids = np.concatenate([best_ids, np.where(rows >= 0, chunk[rows], -1)], axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(best_scores, order, 1)
+            best_ids = np.take_along_axis(best_ids, order, 1)
+        return best_scores, best_ids
 
     def project(self, vectors: np.ndarray, space: str = IMAGE_SPACE) -> np.ndarray:
         """Stored vectors in the coordinates the index of ``space`` compares (PCA-reduced when
@@ -130,6 +288,7 @@ class Searching:
         ids: np.ndarray,
         top: int,
         k: int,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = self.project(vectors, space)
         expanded = []
@@ -143,7 +302,7 @@ class Searching:
                     query_expansion(query[None], neighbours, sims, top=len(neighbours))[0]
                 )
         inner = index.inner if isinstance(index, ProjectedIndex) else index
-        return inner.search(np.stack(expanded), k)
+        return self._search_index(inner, space, np.stack(expanded), k, allowed, projected=True)
 
     def _results(self, ids: np.ndarray, scores: np.ndarray) -> list[SearchResult]:
         keep = ids >= 0
@@ -157,7 +316,18 @@ class Searching:
                 width=r.width,
                 height=r.height,
                 metadata=r.metadata,
+                info=r.info,
             )
             for r, s in zip(records, scores[keep], strict=True)
             if r is not None
         ]
+
+
+def _without(
+    ids: np.ndarray, scores: np.ndarray, excluded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Results with the ``excluded`` ids taken out (the others moved up, -1 at the end)."""
+    drop = np.isin(ids, excluded)
+    order = np.argsort(drop, axis=1, kind="stable")
+    ids = np.where(np.take_along_axis(drop, order, 1), -1, np.take_along_axis(ids, order, 1))
+    return ids, np.take_along_axis(scores, order, 1)

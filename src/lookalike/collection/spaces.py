@@ -17,6 +17,8 @@ import errno
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +26,25 @@ import numpy as np
 from lookalike.collection.lock import WriteLock
 from lookalike.collection.manifest import (
     COPY_SPACE,
+    DEFAULT_INDEX,
+    FORMAT_VERSION,
     IMAGE_SPACE,
+    MANIFEST_COPY,
     PCA_SAMPLE,
     REDUCE_MIN_IMAGES,
     saved_generation,
+    sparse_top,
+    upgraded_spaces,
 )
 from lookalike.descriptors import Whitening
 from lookalike.errors import CollectionError
 from lookalike.fileio import write_json
-from lookalike.index import VectorIndex, VectorIndexError, create_index, load_index
+from lookalike.index import VectorIndex, VectorIndexError, create_index
+from lookalike.index.auto import memory_of
+from lookalike.index.log import load_saved, save_index
 from lookalike.index.projected import ProjectedIndex, load_projection
 from lookalike.store import SQLiteCatalogue
+from lookalike.store.encoding import as_stored
 
 log = logging.getLogger("lookalike.collection")
 #: Index files found damaged in this process (each is reported once).
@@ -84,7 +94,7 @@ class Spaces:
             projection = self._saved_projection(file)
             if saved == generation:
                 try:
-                    index = load_index(spec["index"], file)
+                    index = load_saved(spec["index"], file, generation)  # its log up to it
                 except VectorIndexError:  # e.g. its Milvus data is gone: rebuilt below
                     index = None
                 except Exception as exc:  # a truncated or overwritten file: FAISS, NumPy...
@@ -144,9 +154,146 @@ class Spaces:
 
     def _index_options(self, space: str) -> dict:
         """What a kind that keeps its vectors outside the folder (``milvus``) is told: the
-        file its pointer is saved to, which names its default place and its collection."""
-        kind = str(self.spaces()[space]["index"])
-        return {"path": self._index_file(space)} if kind.split(":")[0] == "milvus" else {}
+        file its pointer is saved to, which names its default place and its collection;
+        ``auto`` over a space stored sparse (``sparse:T``): that it is sparse."""
+        spec = self.spaces()[space]
+        kind = str(spec["index"])
+        if kind.split(":")[0] == "milvus":
+            return {"path": self._index_file(space)}
+        if kind == "auto" and sparse_top(spec):
+            return {"sparse": sparse_top(spec)}
+        return {}
+
+    # -- how the catalogue stores each space, and what it all costs ----------------------------
+    def _apply_encodings(self) -> None:
+        """Tell the catalogue how each space's vectors are written (``encoding`` in the
+        manifest; format 1 has none: float32)."""
+        for space, spec in self.spaces().items():
+            if "encoding" in spec:
+                self.catalogue.set_encoding(space, str(spec["encoding"]))
+
+    def as_stored(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """New vectors by space as the catalogue will give them back (its encodings): what the
+        indexes are given, so that an index fed batch by batch equals one rebuilt from the
+        catalogue (a resumed run answers as a clean one)."""
+        encodings = getattr(self.catalogue, "encodings", {})
+        return {s: as_stored(v, encodings.get(s, "float32")) for s, v in vectors.items()}
+
+    def upgrade(self, progress: Callable[[int, int], None] | None = None) -> bool:
+        """Bring a collection of an older format up to :data:`~.manifest.FORMAT_VERSION`, in
+        place; returns whether there was anything to do. Call it holding the write lock
+        (``writing()`` does, before any write).
+
+        Format 1 -> 2: every stored vector is rewritten in its space's encoding
+        (``manifest.upgraded_spaces``), a batch a transaction, which changes no generation;
+        the catalogue file is compacted (``VACUUM``); the index files of spaces whose kind
+        changes (``flat`` -> ``auto``) are removed; the manifest is written; those indexes are
+        built from the catalogue and saved. Killed at any point it leaves a collection that
+        reads as before (every blob says how it is encoded; a missing index is built from the
+        catalogue) and that the next writer, or ``lookalike check --repair``, upgrades from
+        where it stopped.
+        """
+        version = int(self.manifest.get("format_version", 1))
+        if version >= FORMAT_VERSION:
+            return False
+        start = time.perf_counter()
+        log.warning(
+            "%s: upgrading the collection from format %d to %d (compact vectors); a killed "
+            "upgrade resumes",
+            self.path,
+            version,
+            FORMAT_VERSION,
+        )
+        spaces = upgraded_spaces(self.manifest)
+        for space, spec in spaces.items():
+            self.catalogue.set_encoding(space, spec["encoding"])
+        for space in spaces:
+            self.catalogue.reencode(space, progress=progress)
+        self.catalogue.compact()
+        changed = [s for s, spec in spaces.items() if spec["index"] != self.spaces()[s]["index"]]
+        for space in changed:
+            self._drop_index_files(space)
+            self._indexes.pop(space, None)
+        manifest = {**self.manifest, "format_version": FORMAT_VERSION, "spaces": spaces}
+        if manifest["index"].get("kind") == "flat":
+            manifest["index"] = {**manifest["index"], "kind": DEFAULT_INDEX}
+        manifest["upgraded"] = {"from": version, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(self.path / "manifest.json", manifest)
+        self.manifest = manifest
+        self.catalogue.set_meta(MANIFEST_COPY, json.dumps(manifest, sort_keys=True))
+        for space in changed:  # built once here and saved, not by every reader on its own
+            self.rebuild_index(space)
+        log.warning("%s: upgraded in %.1f s", self.path, time.perf_counter() - start)
+        return True
+
+    def _drop_index_files(self, space: str) -> None:
+        """Remove the index files of ``space`` (its PCA stays: it still holds)."""
+        for file in (self.path / "index").glob(f"{space}.*"):
+            if not file.name.endswith(".pca.npz"):
+                file.unlink(missing_ok=True)
+
+    def sizes(self) -> dict:
+        """What each space costs, on disk and in RAM, in bytes and bytes per image.
+
+        ``spaces[name]``: ``encoding``; ``index`` (the kind, ``auto``'s choice included);
+        ``disk``: ``catalogue`` (its stored vectors' bytes), ``index`` (its files),
+        ``per_image``; ``ram``: ``resident`` (read into memory), ``mapped`` (memory-mapped
+        index files: paged in as searches touch them, given back under memory pressure),
+        ``per_image`` (resident). ``catalogue``: the file's bytes, of which ``vectors``, and
+        ``other`` (images, files, metadata, SQLite's pages; per image too). ``disk_per_image``:
+        the whole folder. Loads every index (as searching would).
+
+        Example:
+            >>> col.sizes()["spaces"]["image"]["disk"]["per_image"]  # doctest: +SKIP
+            1893.4
+        """
+        images = max(self.catalogue.count()["images"], 1)
+        stats = self.catalogue.vector_stats()
+        folder = self.path / "index"
+        out: dict = {"images": images, "spaces": {}}
+        ram_total = 0
+        for space, spec in self.spaces().items():
+            stored = stats.get(space, {})
+            blob_bytes = sum(e["bytes"] for e in stored.values())
+            files = [f for f in folder.glob(f"{space}.*") if f.is_file()] if folder.exists() else []
+            index_bytes = sum(f.stat().st_size for f in files)
+            index = self.index(space)
+            memory = memory_of(index)
+            ram_total += memory["resident"]
+            chosen = getattr(index, "params", {}).get("kind") or getattr(index, "kind", "")
+            out["spaces"][space] = {
+                "encoding": spec.get("encoding", "float32"),
+                "stored_as": {name: e["vectors"] for name, e in stored.items()},
+                "index": f"{spec['index']} ({chosen})" if chosen != spec["index"] else chosen,
+                "vectors": sum(e["vectors"] for e in stored.values()),
+                "disk": {
+                    "catalogue": blob_bytes,
+                    "index": index_bytes,
+                    "per_image": round((blob_bytes + index_bytes) / images, 1),
+                },
+                "ram": {
+                    **memory,
+                    "per_image": round(memory["resident"] / images, 1),
+                    "mapped_per_image": round(memory["mapped"] / images, 1),
+                },
+            }
+        file = Path(str(getattr(self.catalogue, "path", "")))
+        if file.name and file.exists():
+            size = sum(
+                f.stat().st_size for f in (file, file.with_name(file.name + "-wal")) if f.exists()
+            )
+            vectors = sum(e["bytes"] for by in stats.values() for e in by.values())
+            out["catalogue"] = {
+                "bytes": size,
+                "vectors": vectors,
+                "other": size - vectors,
+                "other_per_image": round((size - vectors) / images, 1),
+            }
+        total = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        out["disk_bytes"] = total
+        out["disk_per_image"] = round(total / images, 1)
+        out["ram_per_image"] = round(ram_total / images, 1)
+        return out
 
     def refit_projections(self) -> None:
         """Learn (or re-learn) the PCA of spaces that ask for one, once the collection is big
@@ -177,7 +324,7 @@ class Spaces:
                 continue
             file = self._index_file(space)
             try:
-                index.save(file)
+                save_index(index, file, generation)  # appended to its log (index/log.py)
             except OSError:
                 raise
             except Exception as exc:  # FAISS reports a full disk as a RuntimeError
@@ -198,9 +345,15 @@ class Spaces:
 
 
 def sample_vectors(catalogue: SQLiteCatalogue, space: str, limit: int) -> np.ndarray:
-    """Up to ``limit`` vectors of ``space``, spread evenly over the catalogue."""
-    chunks = list(catalogue.iter_vectors(space))
-    vectors = np.concatenate([v for _, v in chunks])
-    if len(vectors) > limit:
-        vectors = vectors[np.linspace(0, len(vectors) - 1, limit).astype(int)]
-    return vectors
+    """Up to ``limit`` vectors of ``space``, spread evenly over the catalogue (read a chunk at
+    a time: at 1M images the whole space would take 9 GB as float32)."""
+    total = catalogue.vector_counts().get(space, 0)
+    wanted = np.unique(np.linspace(0, max(total - 1, 0), min(limit, total)).astype(np.int64))
+    kept, seen = [], 0
+    for _, vectors in catalogue.iter_vectors(space):
+        inside = wanted[(wanted >= seen) & (wanted < seen + len(vectors))] - seen
+        kept.append(vectors[inside])
+        seen += len(vectors)
+    if not kept:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(kept)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lookalike.collection.filters import Where
 from lookalike.collection.manifest import (
     IMAGE_SPACE,
     TEXT_SPACE,
@@ -108,11 +109,13 @@ class TextSearch:
         *,
         negative: Sequence[str | tuple[str, float]] = (),
         images: Sequence[Query] = (),
+        where: Where | np.ndarray = None,
     ) -> list[SearchResult]:
         """Images that match a description, best first (score: cosine in the text space).
 
         ``texts`` is one text or several (``"text"`` or ``("text", weight)``), combined with
         ``images`` and minus ``negative`` texts. Works offline with the default model.
+        ``where``: only images that match this filter (see ``Collection.search``).
 
         Example:
             >>> col.search_text("a red bus", k=5)  # doctest: +SKIP
@@ -120,15 +123,21 @@ class TextSearch:
         """
         if isinstance(texts, str):
             texts = [texts]
+        allowed = self.ids_where(where)
         query = self.text_query(texts, negative=negative, images=images)
         if joint_text(self.embedder):
-            return self.search_vectors(query, k, expand=0)[0]
+            return self.search_vectors(query, k, expand=0, where=allowed)[0]
         spec = self.spaces().get(TEXT_SPACE)
         if spec is not None and spec.get("version") == self.text_model.version:
-            return self.search_vectors(query, k, space=TEXT_SPACE)[0]
+            return self.search_vectors(query, k, space=TEXT_SPACE, where=allowed)[0]
         # An older collection: derive text vectors from the stored descriptors on the fly.
         best_ids, best_scores = [], []
         for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
+            if allowed is not None:
+                keep = np.isin(ids, allowed)
+                ids, vectors = ids[keep], vectors[keep]
+                if len(ids) == 0:
+                    continue
             scores = self._text_vectors_of(vectors) @ query[0]
             best_ids.append(ids)
             best_scores.append(scores)
@@ -218,6 +227,7 @@ class TextSearch:
         if self.spaces().get(TEXT_SPACE) == spec and not self.catalogue.ids_missing(TEXT_SPACE):
             return False
         with self._lock:
+            self.catalogue.set_encoding(TEXT_SPACE, spec["encoding"])
             for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
                 self.catalogue.put_vectors(TEXT_SPACE, ids.tolist(), self._text_vectors_of(vectors))
             self.manifest["spaces"][TEXT_SPACE] = spec

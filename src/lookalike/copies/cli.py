@@ -5,6 +5,9 @@ Example::
     lookalike duplicates --collection photos.lookalike --json
     lookalike duplicates -c photos.lookalike --move-to ~/dupes          # dry run: lists moves
     lookalike duplicates -c photos.lookalike --move-to ~/dupes --apply  # moves, never deletes
+    lookalike duplicates --decide distinct a.jpg a-crop.jpg   # this pair is not a duplicate
+    lookalike duplicates --decide keep big.jpg                 # the original of its group
+    lookalike duplicates --export csv > duplicates.csv         # groups and decisions
 """
 
 from __future__ import annotations
@@ -69,17 +72,60 @@ def duplicates_command(
         ),
     ] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Really move (with --move-to).")] = False,
+    decide: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ACTION",
+            callback=validate.choice("distinct", "keep", "forget", what="decision"),
+            help="Record a decision about the FILES given, kept in the collection and respected "
+            "by later runs: distinct (two files: not duplicates; one file: its whole group), "
+            "keep (this file is the original of its group), forget (drop their decisions).",
+        ),
+    ] = None,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FORMAT",
+            callback=validate.choice("csv", "json", what="export format"),
+            help="Print the groups and the decisions as csv or json (instead of the table).",
+        ),
+    ] = None,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="[FILES]...", help="The files a --decide decision is about."),
+    ] = None,
 ) -> None:
     """Find exact copies and near-duplicates (edited copies) in a collection; each group names a
-    suggested original (most pixels, then oldest file). Nothing is ever deleted."""
-    from lookalike.copies.duplicates import DuplicateGroup, duplicate_grids, move_duplicates
+    suggested original (most pixels, then oldest file, or the one you chose to keep). Decisions
+    ("not duplicates", "keep this one") stick. Nothing is ever deleted."""
+    from lookalike.copies.duplicates import (
+        Decisions,
+        DuplicateGroup,
+        duplicate_grids,
+        move_duplicates,
+    )
+    from lookalike.copies.duplicates import decide as record_decision
+    from lookalike.copies.duplicates import export as export_groups
     from lookalike.copies.space import COPY_SPACE, how_to_add
 
     k = validate.pick(neighbours, neighbours_old, "-k", "--neighbours", 10)
     if apply and move_to is None:
         validate.refuse("--apply moves the files --move-to names: add --move-to DIR")
+    if files and decide is None:
+        validate.refuse("FILES are what a --decide decision is about: add --decide ACTION")
+    if decide is not None and not files:
+        validate.refuse(f"--decide {decide}: name the files it is about")
+    if decide == "keep" and len(files or []) != 1:
+        validate.refuse("--decide keep: name the one file to keep")
+    if decide == "distinct" and len(files or []) > 2:
+        validate.refuse("--decide distinct: name two files (a pair) or one (its whole group)")
+    if export is not None and (as_json or move_to is not None):
+        validate.refuse("--export prints the groups itself: drop --json and --move-to")
     path = collection or default_collection()
     with errors(), Collection.open(path) as col:
+        if decide is not None:
+            record_decision(col, decide, files or [])
+            err.print(f"decision recorded: {decide} {' '.join(str(f) for f in files or [])}")
         near = COPY_SPACE in col.spaces()
         if not near:
             err.print(f"[yellow]exact copies only:[/yellow] {how_to_add(path)}", soft_wrap=True)
@@ -94,7 +140,8 @@ def duplicates_command(
                 for other in group.others:
                     if other["kind"] == "near":
                         other["verified"] = True
-        moves = move_duplicates(groups, move_to, apply=apply) if move_to is not None else []
+        moves = move_duplicates(col, groups, move_to, apply=apply) if move_to is not None else []
+        decisions = Decisions.load(col).to_list(col) if export is not None or as_json else []
         shown = groups
         if verify:  # the pictures say it too
             shown = [
@@ -106,20 +153,50 @@ def duplicates_command(
                 for g in groups
             ]
         grids = duplicate_grids(shown, grid) if grid is not None and groups else []
-    if as_json:
+    if export is not None:
+        print(export_groups(groups, decisions, export), end="" if export == "csv" else "\n")
+    elif as_json:
         data = {"collection": str(path), "groups": [g.to_dict() for g in groups]}
+        data["decisions"] = decisions
         if move_to is not None:
-            data["moves"] = [{"from": a, "to": b} for a, b in moves]
+            data["moves"] = [m.to_dict() for m in moves]
             data["applied"] = apply
         print(json.dumps(data))
     else:
         _print_groups(groups, verify)
-        for source, target in moves:
-            out.print(f"{'moved' if apply else 'would move'} {source} -> {target}", soft_wrap=True)
-        if moves and not apply:
-            err.print("dry run: add --apply to move the files")
+        _print_moves(moves, apply)
     for written in grids:
         err.print(f"grid written to {written}", highlight=False)
+    if any(m.status == "failed" for m in moves):
+        raise typer.Exit(1)
+
+
+def _print_moves(moves: list, apply: bool) -> None:
+    """What happened to each file (or, in a dry run, what --apply will do), then a count."""
+    said = {"planned": "would move", "moved": "moved"}
+    for move in moves:
+        if move.status in said:
+            out.print(f"{said[move.status]} {move.source} -> {move.target}", soft_wrap=True)
+        elif move.status == "failed":
+            err.print(f"[red]not moved:[/red] {move.source}: {move.reason}", soft_wrap=True)
+        elif move.status == "missing":
+            err.print(f"missing (not moved): {move.source}", soft_wrap=True, highlight=False)
+    if not moves:
+        return
+    counts: dict[str, int] = {}
+    for move in moves:
+        counts[move.status] = counts.get(move.status, 0) + 1
+    words = {
+        "planned": "to move",
+        "moved": "moved",
+        "here": "already in the destination",
+        "missing": "missing",
+        "remote": "in an object store (not moved)",
+        "failed": "failed",
+    }
+    err.print(", ".join(f"{n} {words[status]}" for status, n in counts.items()), highlight=False)
+    if not apply and counts.get("planned"):
+        err.print("dry run: add --apply to move the files (the collection follows them)")
 
 
 def _print_groups(groups: list, verify: bool) -> None:

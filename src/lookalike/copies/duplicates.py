@@ -1,28 +1,51 @@
 """Groups of duplicates in a collection: exact copies (one content, several files) and
 near-duplicates (copy-space neighbours above a threshold, joined by union-find), each group with
-a suggested original; moving the others away, and pictures of the groups.
+a suggested original; decisions that stick, moving the others away, and pictures of the groups.
 
 Without a copy space, :func:`duplicates` reports exact copies only and says how to add it
 (PDQ over re-decoded files would be as slow as adding the copy space, and catches less).
 
+**Decisions** (:func:`decide`) are kept in the collection's catalogue (the ``meta`` entry
+``duplicates.decisions``, SQLite and PostgreSQL alike) by content hash, so they survive
+re-indexing, moves and renames, and every later run respects them:
+
+- ``distinct`` on a pair of files: those two pictures are not duplicates (their edge is dropped
+  before the groups are formed; two files of one content: those identical files are meant);
+  on one file: every pair of its current group;
+- ``keep`` on a file: it is the original of whatever group it is in;
+- ``forget``: the decisions naming these files are dropped.
+
+**Moves** (:func:`move_duplicates`) keep the collection true: each moved file's path is
+renamed in the catalogue (``Catalogue.rename_files``, one transaction per batch right after the
+batch's files moved), folders below the collection's common root are kept under the
+destination, files already under the destination are left where they are, and the result says
+what happened to each file (moved, missing, failed), so a dry run lists exactly what ``apply``
+will do and a second ``apply`` moves nothing and says so.
+
 Example:
     >>> [g.original for g in duplicates(col)]  # doctest: +SKIP
     ['/photos/cat.jpg']
+    >>> decide(col, "keep", ["/photos/cat-large.jpg"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lookalike.copies.space import COPY_SPACE, incomplete, threshold_for
+from lookalike.errors import CollectionError
 from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
 from lookalike.keypoints.verify import Features, extract, verify
+from lookalike.store import FileState
 
 if TYPE_CHECKING:
     from lookalike.collection import Collection
@@ -34,17 +57,27 @@ Progress = Callable[[int, int], None]
 log = logging.getLogger("lookalike.copies")
 
 
+#: The catalogue ``meta`` key holding the decisions.
+DECISIONS_KEY = "duplicates.decisions"
+ACTIONS = ("distinct", "keep", "forget")
+
+
 @dataclass
 class DuplicateGroup:
-    """Files that hold one picture: a suggested ``original`` (most pixels, then oldest file)
-    and the ``others``, each ``{"path", "id", "kind": "exact"|"near", "score", ...}``."""
+    """Files that hold one picture: a suggested ``original`` (most pixels, then oldest file;
+    ``decided`` when a ``keep`` decision chose it) and the ``others``, each
+    ``{"path", "id", "kind": "exact"|"near", "score", ...}``."""
 
     original: str
     original_id: int
     others: list[dict]
+    decided: bool = False
 
     def to_dict(self) -> dict:
-        return {"original": self.original, "id": self.original_id, "others": self.others}
+        out = {"original": self.original, "id": self.original_id, "others": self.others}
+        if self.decided:
+            out["decided"] = "keep"
+        return out
 
     @property
     def paths(self) -> list[str]:
@@ -92,6 +125,8 @@ def duplicates(
     k: int = 10,
     verify_pairs: bool = False,
     progress: Progress | None = None,
+    *,
+    decided: bool = True,
 ) -> list[DuplicateGroup]:
     """Groups of exact copies and near-duplicates in ``col``, largest group first.
 
@@ -100,7 +135,8 @@ def duplicates(
     near pair only when keypoint matching confirms it (either way round). Without a copy space
     only exact copies are found (see :func:`how_to_add`). Images without a copy vector (an
     incomplete space) can only be exact copies; a warning on the ``lookalike`` logger says so
-    and names the fix (:func:`~lookalike.copies.space.incomplete`).
+    and names the fix (:func:`~lookalike.copies.space.incomplete`). The stored decisions
+    (:func:`decide`) are respected unless ``decided=False``.
     """
     files = col.catalogue.file_states()  # path -> (state, image id)
     mtime = {path: state.mtime_ns for path, (state, _) in files.items()}
@@ -112,16 +148,30 @@ def duplicates(
             log.warning("%s", problem)
         threshold = threshold_for(col) if threshold is None else threshold
         edges = near_pairs(col, threshold, k)
-        if verify_pairs:
-            edges = _verified(col, edges, progress)
-        for a, b in edges:
-            forest.union(a, b)
     image_files: dict[int, list[str]] = {}
     for path, (_, image_id) in files.items():
         image_files.setdefault(image_id, []).append(path)
+    choices = Decisions.load(col) if decided else Decisions()
+    hashes: dict[int, str] = {}
+    if not choices.empty:
+        involved = {i for pair in edges for i in pair}
+        involved |= {i for i, paths in image_files.items() if len(paths) > 1}
+        hashes = _hashes_of(col, involved)
+        edges = {
+            (a, b): score
+            for (a, b), score in edges.items()
+            if not choices.distinct_pair(hashes.get(a, ""), hashes.get(b, ""))
+        }
+    if verify_pairs:
+        edges = _verified(col, edges, progress)
+    for a, b in edges:
+        forest.union(a, b)
     members: dict[int, list[int]] = {}
     for image_id, paths in image_files.items():
-        if len(paths) > 1 or image_id in forest.parent:
+        exact = len(paths) > 1 and not choices.distinct_pair(
+            hashes.get(image_id, ""), hashes.get(image_id, "")
+        )
+        if exact or image_id in forest.parent:
             members.setdefault(forest.find(image_id), []).append(image_id)
     best_score: dict[int, float] = {}
     for (a, b), score in edges.items():
@@ -130,21 +180,40 @@ def duplicates(
     groups = []
     for ids in members.values():
         records = {r.id: r for r in col.catalogue.images(ids) if r is not None}
-        groups.append(_group(records, image_files, mtime, best_score))
+        groups.append(_group(records, image_files, mtime, best_score, choices))
     return sorted(groups, key=lambda g: (-len(g.others), g.original))
 
 
-def _group(records, image_files, mtime, best_score) -> DuplicateGroup:
+def _hashes_of(col: Collection, ids: Iterable[int]) -> dict[int, str]:
+    ids = sorted(ids)
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 1000):
+        for record in col.catalogue.images(ids[start : start + 1000]):
+            if record is not None:
+                out[record.id] = record.content_hash
+    return out
+
+
+def _group(records, image_files, mtime, best_score, choices=None) -> DuplicateGroup:
     # Most pixels first, then the oldest file: an original is rarely smaller than its copies.
+    # A ``keep`` decision comes before all of them.
+    kept = choices.kept if choices is not None else {}
     candidates = [
-        (-(r.width * r.height), mtime.get(p, 0), p, r.id)
+        (
+            0 if kept.get(r.content_hash) == p else 1 if r.content_hash in kept else 2,
+            -(r.width * r.height),
+            mtime.get(p, 0),
+            p,
+            r.id,
+        )
         for r in records.values()
         for p in image_files.get(r.id, [])
     ]
     candidates.sort()
-    _, _, original, original_id = candidates[0]
+    decided_original = candidates[0][0] < 2
+    _, _, _, original, original_id = candidates[0]
     others = []
-    for _, _, path, image_id in candidates[1:]:
+    for _, _, _, path, image_id in candidates[1:]:
         record = records[image_id]
         if image_id == original_id:
             others.append({"path": path, "id": image_id, "kind": "exact", "score": 1.0})
@@ -159,7 +228,149 @@ def _group(records, image_files, mtime, best_score) -> DuplicateGroup:
                     "height": record.height,
                 }
             )
-    return DuplicateGroup(original, original_id, others)
+    return DuplicateGroup(original, original_id, others, decided_original)
+
+
+# -- decisions that stick ---------------------------------------------------------------------
+@dataclass
+class Decisions:
+    """The decisions kept in a collection: ``distinct`` pairs of content hashes (one hash
+    twice: identical files that are meant) and ``kept`` originals (content hash -> the file
+    to keep, "" for any file of that content)."""
+
+    distinct: set[tuple[str, str]] = field(default_factory=set)
+    kept: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.distinct and not self.kept
+
+    def distinct_pair(self, a: str, b: str) -> bool:
+        return bool(a and b) and (min(a, b), max(a, b)) in self.distinct
+
+    @classmethod
+    def load(cls, col: Collection) -> Decisions:
+        text = col.catalogue.get_meta(DECISIONS_KEY)
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            {(min(a, b), max(a, b)) for a, b in data.get("distinct", [])},
+            dict(data.get("keep", {})),
+        )
+
+    def save(self, col: Collection) -> None:
+        data = {
+            "version": 1,
+            "distinct": sorted([a, b] for a, b in self.distinct),
+            "keep": dict(sorted(self.kept.items())),
+        }
+        col.catalogue.set_meta(DECISIONS_KEY, json.dumps(data))
+
+    def to_list(self, col: Collection) -> list[dict]:
+        """The decisions with the files that hold each content now."""
+        by_hash: dict[str, list[str]] = {}
+        for content in {h for pair in self.distinct for h in pair} | set(self.kept):
+            image_id = col.catalogue.image_id_by_hash(content)
+            record = col.catalogue.images([image_id])[0] if image_id is not None else None
+            if record is not None:
+                by_hash[content] = list(record.paths)
+        out = [
+            {
+                "decision": "distinct",
+                "contents": [a] if a == b else [a, b],
+                "files": sorted({*by_hash.get(a, []), *by_hash.get(b, [])}),
+            }
+            for a, b in sorted(self.distinct)
+        ]
+        out += [
+            {"decision": "keep", "contents": [h], "files": [p] if p else by_hash.get(h, [])}
+            for h, p in sorted(self.kept.items())
+        ]
+        return out
+
+
+def decide(col: Collection, action: str, paths: Sequence[str | Path]) -> Decisions:
+    """Record a decision about duplicates, kept in the collection (see the module docstring):
+    ``"distinct"`` with two files (that pair) or one (its current group), ``"keep"`` with one
+    file, ``"forget"`` with any files (their decisions dropped). Returns every decision.
+
+    Raises:
+        CollectionError: a file the collection does not hold, or the wrong number of files.
+
+    Example:
+        >>> decide(col, "distinct", ["/p/a.jpg", "/p/a-crop.jpg"])  # doctest: +SKIP
+    """
+    if action not in ACTIONS:
+        raise CollectionError(f"a decision is one of {', '.join(ACTIONS)}, not {action!r}")
+    if not paths:
+        raise CollectionError(f"{action}: name the files it is about")
+    with col.writing():
+        known = col.catalogue.file_states()
+        files = [_known_path(p, known) for p in paths]
+        unknown = [f for f in files if f not in known]
+        if unknown:
+            raise CollectionError(f"not in {col.path}: {', '.join(unknown[:3])}")
+        hashes = _hashes_of(col, {known[f][1] for f in files})
+        content = [hashes[known[f][1]] for f in files]
+        choices = Decisions.load(col)
+        if action == "keep":
+            if len(files) != 1:
+                raise CollectionError("keep: name the one file to keep")
+            choices.kept[content[0]] = files[0]
+        elif action == "forget":
+            gone = set(content)
+            choices.distinct = {p for p in choices.distinct if not (set(p) & gone)}
+            choices.kept = {h: p for h, p in choices.kept.items() if h not in gone}
+        elif len(files) == 2:
+            a, b = content
+            choices.distinct.add((min(a, b), max(a, b)))
+        elif len(files) == 1:
+            group = next((g for g in duplicates(col) if files[0] in g.paths), None)
+            if group is None:
+                raise CollectionError(f"{files[0]} is in no group of duplicates")
+            members = sorted(
+                _hashes_of(col, {group.original_id, *(o["id"] for o in group.others)}).values()
+            )
+            for i, a in enumerate(members):
+                for b in members[i:]:
+                    choices.distinct.add((a, b))
+        else:
+            raise CollectionError("distinct: name two files (a pair) or one (its group)")
+        choices.save(col)
+        return choices
+
+
+def _known_path(path: str | Path, known: dict) -> str:
+    """``path`` as the collection records it: absolute as given (a file reached through a
+    link keeps the path walked), else with links resolved."""
+    text = str(path)
+    if "://" in text:
+        return text
+    given = os.path.abspath(os.path.expanduser(text))
+    return given if given in known else str(Path(given).resolve())
+
+
+def export(groups: Sequence[DuplicateGroup], decisions: list[dict], fmt: str) -> str:
+    """The groups and decisions as ``json`` (one object) or ``csv`` (one row per file:
+    ``group, role, path, id, kind, score, decided``, then one row per decision)."""
+    if fmt == "json":
+        return json.dumps({"groups": [g.to_dict() for g in groups], "decisions": decisions})
+    if fmt != "csv":
+        raise CollectionError(f"export as csv or json, not {fmt!r}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["group", "role", "path", "id", "kind", "score", "decided"])
+    for n, group in enumerate(groups, 1):
+        decided = "keep" if group.decided else ""
+        writer.writerow([n, "original", group.original, group.original_id, "", "", decided])
+        for other in group.others:
+            row = [n, "copy", other["path"], other["id"], other["kind"], other["score"], ""]
+            writer.writerow(row)
+    for decision in decisions:
+        for path in decision["files"] or [""]:
+            writer.writerow(["", "decision", path, "", "", "", decision["decision"]])
+    return buffer.getvalue()
 
 
 def _verified(
@@ -189,31 +400,111 @@ def _verified(
     return kept
 
 
+@dataclass
+class Move:
+    """One file of a move plan: ``status`` is ``planned`` (dry run), ``moved``, ``missing``
+    (the file is not there any more), ``here`` (already under the destination), ``remote``
+    (an ``s3://`` object: not moved) or ``failed`` (``reason`` says why)."""
+
+    source: str
+    target: str
+    status: str = "planned"
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        out = {"from": self.source, "to": self.target, "status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
 def move_duplicates(
-    groups: Sequence[DuplicateGroup], destination: str | Path, *, apply: bool = False
-) -> list[tuple[str, str]]:
+    col: Collection | None,
+    groups: Sequence[DuplicateGroup],
+    destination: str | Path,
+    *,
+    apply: bool = False,
+    root: str | Path | None = None,
+    batch: int = 64,
+) -> list[Move]:
     """Plan (and with ``apply``, do) moving every group's non-original files into
-    ``destination``, keeping names unique; never deletes. Returns (source, target) pairs.
-    The collection notices the moves at its next ``index`` of the folder."""
+    ``destination``, keeping their folders below ``root`` (default: the common folder of the
+    collection's files) and names unique; never deletes. Each batch of moved files is renamed in
+    the collection's catalogue right after it moved (one transaction), so the collection keeps
+    pointing at the files. Returns one :class:`Move` per file, saying what happened."""
     destination = Path(destination).expanduser().resolve()
+    local = [o["path"] for g in groups for o in g.others if "://" not in o["path"]]
+    if root is None:
+        known = [
+            p for p in (col.catalogue.file_states() if col is not None else {}) if "://" not in p
+        ]
+        everything = known or local
+        root = os.path.commonpath([os.path.dirname(p) for p in everything]) if everything else "/"
+    root = Path(root)
     taken: set[str] = set()
-    moves = []
+    moves: list[Move] = []
     for group in groups:
         for other in group.others:
-            source = Path(other["path"])
-            target = destination / source.name
+            source = other["path"]
+            if "://" in source:
+                moves.append(Move(source, "", "remote", "an object store's file is not moved"))
+                continue
+            path = Path(source)
+            if path == destination or destination in path.parents:
+                moves.append(Move(source, source, "here"))
+                continue
+            if not os.path.lexists(source):
+                moves.append(Move(source, "", "missing", "no such file (moved or deleted?)"))
+                continue
+            try:
+                relative = path.relative_to(root)
+            except ValueError:
+                relative = Path(path.name)
+            target = destination / relative
             n = 1
-            while str(target) in taken or target.exists():
-                target = destination / f"{source.stem}-{n}{source.suffix}"
+            while str(target) in taken or os.path.lexists(target):
+                target = target.with_name(f"{path.stem}-{n}{path.suffix}")
                 n += 1
             taken.add(str(target))
-            moves.append((str(source), str(target)))
+            moves.append(Move(source, str(target)))
     if apply:
-        destination.mkdir(parents=True, exist_ok=True)
-        for source, target in moves:
-            if os.path.exists(source):
-                shutil.move(source, target)
+        planned = [m for m in moves if m.status == "planned"]
+        if col is None:
+            for move in planned:
+                _move_file(move)
+        else:
+            with col.writing():
+                for start in range(0, len(planned), batch):
+                    done = []
+                    try:
+                        for move in planned[start : start + batch]:
+                            if _move_file(move):
+                                st = os.stat(move.target)
+                                done.append(
+                                    (
+                                        move.source,
+                                        move.target,
+                                        FileState(st.st_size, st.st_mtime_ns),
+                                    )
+                                )
+                    finally:
+                        if done:
+                            col.catalogue.rename_files(done)
     return moves
+
+
+def _move_file(move: Move) -> bool:
+    """Move one file (a rename, or a copy then delete across file systems)."""
+    try:
+        Path(move.target).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(move.target):
+            raise FileExistsError(f"{move.target} exists")
+        shutil.move(move.source, move.target)
+    except OSError as exc:
+        move.status, move.reason = "failed", str(exc.strerror or exc)
+        return False
+    move.status = "moved"
+    return True
 
 
 def duplicate_grids(

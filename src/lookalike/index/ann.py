@@ -49,8 +49,9 @@ import faiss
 import numpy as np
 
 from lookalike.errors import VectorIndexError
-from lookalike.fileio import atomic_save, atomic_write
-from lookalike.index.exact import exact_search, recall_at, top_k
+from lookalike.fileio import atomic_save
+from lookalike.index.exact import PositionMap, exact_search, recall_at, top_k
+from lookalike.index.log import Journal, mark, marked, read_saved
 
 #: Rebuild once this fraction of positions are tombstones.
 REBUILD_DEAD = 0.25
@@ -72,6 +73,12 @@ RETUNE_QUERIES = 1000
 RETUNE_BUDGET = 0.05
 #: Fewest reservoir queries worth tuning on (below, held-out vectors are used instead).
 RESERVOIR_MIN = 64
+#: A filtered search scans at least this many allowed vectors exactly (``AnnIndex.scan_limit``).
+SCAN_MIN = 2048
+#: What comparing a query with a gathered (scattered) stored vector costs, in vectors the
+#: index compares while it searches (measured at 100k 256-d vectors: docs/benchmarks.md,
+#: section ``filters``).
+GATHER_COST = 4.0
 
 __all__ = [
     "AnnIndex",
@@ -120,6 +127,8 @@ class AnnIndex:
     """
 
     kind = "ann"
+    #: ``search`` takes ``allowed`` (a filtered search: ``lookalike.index.base``).
+    filters = True
     #: Vectors needed before the structure is built; below that, search is exact.
     min_train = 0
     #: Whether the index keeps its own copy of the vectors (else the structure holds them).
@@ -133,7 +142,9 @@ class AnnIndex:
         self.structure: faiss.Index | None = None
         self._ids = _Growable((), np.int64)
         self._alive = _Growable((), np.bool_)
-        self._store = _Growable((self.dim,), np.float32)
+        # ``store="float16"``: the kept vectors at half precision (re-ranking scores to about
+        # 1e-3, half the bytes; what ``auto`` asks of ``ivf``).
+        self._store = _Growable((self.dim,), np.dtype(str(options.get("store", "float32"))))
         self._dead = 0
         self._max_id = -1
         self._built_at = 0  # live vectors when the structure was last built
@@ -142,6 +153,13 @@ class AnnIndex:
         self._source: Path | None = None  # file a memory-mapped structure was read from
         self._version = 0  # bumped when the structure or the stored vectors change
         self._saved: tuple[str, int] | None = None  # (file, version) last written or read
+        # Saving (``lookalike.index.log``): the adds and removes since the base was written or
+        # read, for its log; a rebuild (``_layout``) or new parameters since the base's make
+        # the next save write the base whole; ``_token`` names the base the files came from.
+        self.journal = Journal(self.dim)
+        self._layout = 0
+        self._base_state: tuple[int, str] | None = None
+        self._token: bytes | None = None
         # Self-tuning on real queries (module docstring).
         self.reservoir_size = int(options.get("reservoir", RESERVOIR))
         self.retune_queries = int(options.get("retune_queries", RETUNE_QUERIES))
@@ -156,6 +174,8 @@ class AnnIndex:
         self._rng = np.random.default_rng(0)
         self._random = random.Random(0)
         self._parameters: tuple[tuple, faiss.SearchParameters] | None = None
+        self._filter = threading.local()  # the selector of this thread's filtered search
+        self._positions = PositionMap()  # allowed ids -> positions (filtered search)
 
     # -- the VectorIndex protocol ---------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -177,6 +197,7 @@ class AnnIndex:
             self._writable()
             self._append(vectors)
         self._bitmap = None
+        self.journal.added(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         """Tombstone these ids (unknown ids are ignored)."""
@@ -184,24 +205,33 @@ class AnnIndex:
         if len(ids) == 0 or self._ids.size == 0:
             return
         self.wait_for_tuning()
+        self.journal.removed(ids)
         hit = np.flatnonzero(np.isin(self._ids.view(), ids) & self._alive.view())
         if len(hit):
             self._alive.data[hit] = False
             self._dead += len(hit)
             self._bitmap = None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: (scores, ids), each (n, k), best first; missing ids are -1."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores, ids), each (n, k), best first; missing ids are -1.
+        ``allowed``: only these ids (sorted int64) may be found (:meth:`_filtered`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = max(1, min(int(k), max(len(self), 1)))
         self.maintain()
-        if len(self) == 0:
+        positions_allowed = None if allowed is None else self.positions_of(allowed)
+        if positions_allowed is not None:
+            k = max(1, min(k, len(positions_allowed)))
+        if len(self) == 0 or (positions_allowed is not None and len(positions_allowed) == 0):
             return (
                 np.full((len(queries), k), -np.inf, np.float32),
                 np.full((len(queries), k), -1, np.int64),
             )
         start = time.perf_counter()
-        if self.structure is None:
+        if positions_allowed is not None:
+            scores, positions = self._filtered(queries, k, positions_allowed)
+        elif self.structure is None:
             scores, positions = self._exact(queries, k)
         else:
             scores, positions = self._search(queries, k)
@@ -211,6 +241,54 @@ class AnnIndex:
         if self.retune_due():
             self.retune(wait=False)
         return scores.astype(np.float32), ids.astype(np.int64)
+
+    # -- filtered search ------------------------------------------------------------------
+    def positions_of(self, ids: np.ndarray) -> np.ndarray:
+        """The live positions holding ``ids`` (unknown ids left out), ascending."""
+        if len(ids) == 0 or self._ids.size == 0:
+            return np.zeros(0, np.int64)
+        state = (self._version, self._ids.size, self._dead)
+        return self._positions.positions(
+            self._ids.view(), ids, state=state, alive=self._alive.view()
+        )
+
+    def scan_limit(self) -> int:
+        """Up to this many allowed vectors, a filtered search scans them exactly: about where
+        scanning ``m`` of ``n`` vectors (scattered: :data:`GATHER_COST` times a vector the
+        index visits) costs what the index costs when only ``m / n`` of what it visits may be
+        kept (``touched * n / m``): ``m = sqrt(n * touched / GATHER_COST)``."""
+        return max(SCAN_MIN, int(np.sqrt(max(len(self), 1) * self._touched() / GATHER_COST)))
+
+    def _touched(self) -> float:
+        """About how many stored vectors one unfiltered search compares with the query."""
+        return float(len(self))
+
+    def _filtered(
+        self, queries: np.ndarray, k: int, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) among the allowed ``positions`` only. Few of them: exact scan of
+        their stored vectors. Many: the structure searched with a selector of those positions
+        (searches in this thread only) and its parameters widened by the selectivity
+        (:meth:`_widened`); a row still short of ``k`` results is scanned exactly, so a filter
+        never returns fewer than ``k`` when ``k`` images match."""
+        if self.structure is None or len(positions) <= self.scan_limit():
+            return exact_search(self._matrix(), queries, k, rows=positions)
+        self._filter.selector = self._positions.bitmap(self._ids.size, positions)
+        try:
+            scores, found = self._search(
+                queries, k, self._widened(len(positions) / max(len(self), 1))
+            )
+        finally:
+            self._filter.selector = None
+        short = np.flatnonzero((found[:, :k] < 0).any(axis=1))
+        if len(short):
+            redo = exact_search(self._matrix(), queries[short], k, rows=positions)
+            scores[short], found[short] = redo
+        return scores, found
+
+    def _widened(self, selectivity: float) -> dict:
+        """The search parameters for a search that keeps only ``selectivity`` of the vectors."""
+        return dict(self.params)
 
     # -- self-tuning on real queries ------------------------------------------------------
     def observe(self, queries: np.ndarray) -> None:
@@ -283,20 +361,32 @@ class AnnIndex:
     def __len__(self) -> int:
         return self._ids.size - self._dead
 
-    def save(self, path: Path) -> None:
-        """Write the structure to ``path`` and the ids, tombstones, parameters and vectors
-        beside it; each file atomically."""
+    def save(self, path: Path, generation: int | None = None) -> None:
+        """With a catalogue generation (``generation`` or ``log.save_index``'s), the adds and
+        removes since the base was last written or read at ``path`` appended to its log
+        (``lookalike.index.log``). Else, after a rebuild or a new tuning, or once the log has
+        grown past a fraction of the base, the base written whole: the vectors, then the ids,
+        tombstones and parameters beside ``path`` (each atomically, each naming the base),
+        then the structure at ``path``."""
         self.maintain()
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if self._saved != (str(path), self._version):  # else the files already hold them
-            if self.keeps_vectors:
-                atomic_save(
-                    vectors_file(path), lambda tmp: np.save(tmp, self._store.view()), ".npy"
-                )
-            if self.structure is not None:
-                atomic_save(path, lambda tmp: self._write_structure(self.structure, tmp))
-            else:
-                atomic_write(path, lambda f: None)  # not built yet: an empty file
+        if self._base_state != self._state():
+            self.journal.forget()  # rebuilt or tuned since the base: written whole
+        self.journal.save(path, generation, lambda tmp, token: self._write_base(path, tmp, token))
+
+    def _state(self) -> tuple[int, str]:
+        return self._layout, json.dumps(self.params, sort_keys=True)
+
+    def _write_base(self, path: Path, tmp: str, token: bytes) -> None:
+        """The files beside ``path``, then the structure into ``tmp`` (renamed to ``path``)."""
+        if self.keeps_vectors:
+
+            def vectors(name: str) -> None:
+                np.save(name, self._store.view())
+                mark(name, token, self.dim)
+
+            atomic_save(vectors_file(path), vectors, ".npy")
         meta = {
             "kind": self.kind,
             "dim": self.dim,
@@ -309,12 +399,13 @@ class AnnIndex:
             "seen": self._seen,
             "search_seconds": self._search_seconds,
             "tune_seconds": self._tune_seconds,
+            "token": token.hex(),
             **self._extra_meta(),
         }
         atomic_save(
             meta_file(path),
-            lambda tmp: np.savez(
-                tmp,
+            lambda name: np.savez(
+                name,
                 meta=np.array(json.dumps(meta)),
                 ids=self._ids.view(),
                 alive=self._alive.view(),
@@ -323,12 +414,37 @@ class AnnIndex:
             ),
             ".npz",
         )
+        if self.structure is not None:
+            self._write_structure(self.structure, tmp)
+        else:
+            open(tmp, "wb").close()  # not built yet: an empty file (and the trailer)
+        self._token, self._base_state = token, self._state()
         self._saved = (str(path), self._version)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: Path) -> AnnIndex:
-        """Read an index written by :meth:`save`; vectors (and IVF lists) are memory-mapped."""
+    def load(cls, path: Path, generation: int | None = None) -> AnnIndex:
+        """Read an index written by :meth:`save`: its base (vectors and IVF lists
+        memory-mapped, unless its log holds changes) and its log's changes up to
+        ``generation`` (None: ``log.load_saved``'s, else all of them)."""
+        path = Path(path)
+        index, change, binding = read_saved(
+            path,
+            lambda _, changing: cls.load_base(path, mmap=not changing),
+            lambda base: base.dim,
+            generation,
+            token_of=lambda base: base._token,
+        )
+        if change:
+            index.remove(change.touched)
+            index.add(change.ids, change.vectors)
+        index.journal.binding = binding
+        return index
+
+    @classmethod
+    def load_base(cls, path: Path, mmap: bool = True) -> AnnIndex:
+        """The base written at ``path``, without its log; its files are of one base when its
+        ``_token`` is the one the trailer at ``path`` names (``log.read_saved`` checks)."""
         file = meta_file(path)
         if not file.exists():
             raise VectorIndexError(f"{path}: missing {file.name}")
@@ -348,12 +464,18 @@ class AnnIndex:
         index._alive = _Growable((), np.bool_, arrays.pop("alive"))
         index._dead = int((~index._alive.view()).sum())
         index._max_id = int(index._ids.view().max()) if index._ids.size else -1
+        index._token = bytes.fromhex(meta["token"]) if "token" in meta else None
         if cls.keeps_vectors:
-            index._store = _Growable((index.dim,), np.float32, np.load(vectors_file(path), "r"))
+            vectors = vectors_file(path)
+            before = marked(vectors)
+            index._store = _Growable((index.dim,), np.float32, np.load(vectors, "r"))
+            if index._token is not None and not before == marked(vectors) == index._token:
+                index._token = None  # the vectors are another base's: read again
         index._load_extra(meta, arrays)
         if meta["built"]:
-            index.structure = index._read_structure(path)
+            index.structure = index._read_structure(path, mmap=mmap)
         index._saved = (str(path), index._version)
+        index._base_state = index._state()
         return index
 
     # -- maintenance ----------------------------------------------------------------------
@@ -381,8 +503,10 @@ class AnnIndex:
         self._bitmap = None
         self._source = None
         self._version += 1
+        self._layout += 1
         if self.keeps_vectors:
-            self._store = _Growable((self.dim,), np.float32, np.array(vectors, np.float32))
+            stored = np.array(vectors, self._store.data.dtype)
+            self._store = _Growable((self.dim,), stored.dtype, stored)
         self.structure = self._build(vectors)
         self._built_at = len(ids)
         self._tuned_at = 0
@@ -446,7 +570,11 @@ class AnnIndex:
         return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
     def _selector(self) -> faiss.IDSelector | None:
-        """A bitmap of live positions when some are dead (None when all are live)."""
+        """A bitmap of live positions when some are dead (None when all are live); in a
+        filtered search, the bitmap of the allowed live positions."""
+        chosen = getattr(self._filter, "selector", None)
+        if chosen is not None:
+            return chosen
         if self._dead == 0:
             return None
         if self._bitmap is None:

@@ -4,13 +4,17 @@ As autofaiss does, the choice follows what the vectors would cost in memory and 
 would cost in time:
 
 - up to ``EXACT_MAX`` vectors, ``flat`` (exact search is then about as fast as any graph);
-- below ``IVF_MIN``, ``hnsw`` while the graph (about 4 d + 8 M bytes per vector) fits the
-  budget: it needs no training and is the fastest there;
-- from ``IVF_MIN``, ``ivf`` (8-bit codes in inverted lists, about d + 17 bytes per vector,
-  then exact re-ranking), the fastest kind at 100k and 1M vectors (docs/benchmarks.md,
-  section ``ann``);
-- beyond the budget, ``ivf-pq`` (about 50 bytes per vector in memory). Both IVF kinds
-  memory-map the full vectors for re-ranking from disk.
+- from there, ``ivf`` (8-bit codes in inverted lists, then exact re-ranking from the vectors
+  kept at half precision), trained from ``EXACT_MAX`` vectors on: the fastest kind from 10k
+  to 1M vectors (docs/benchmarks.md, section ``ann``: 0.06 ms a query at 10k against 0.07 for
+  ``hnsw``, 0.13 against 0.20 at 100k) and the smallest, since its lists and vectors are
+  memory-mapped from disk (about 17 bytes a vector in RAM, 780 on disk for 256-d vectors,
+  where a graph holds 1.3 KB in RAM). ``hnsw`` is no longer chosen: it is never faster here
+  and keeps everything in RAM;
+- beyond the budget, ``ivf-pq`` (about 50 bytes per vector in memory);
+- for a sparse space (``sparse=T``: the text space, whose catalogue keeps the ``T`` largest
+  entries of each vector), ``inverted`` lists by dimension, exact, memory-mapped
+  (``lookalike.index.inverted``).
 
 The choice is made again whenever the collection has doubled (or halved) since the last one; a
 different kind is then built from the current one's vectors. Each chosen kind trains and tunes
@@ -20,6 +24,8 @@ variable ``LOOKALIKE_INDEX_MEMORY`` ("4G", "512M"), else a quarter of the machin
 Example:
     >>> choose_kind(5_000, 256, memory_budget=2**30)
     'flat'
+    >>> choose_kind(20_000, 256, memory_budget=2**30)
+    'ivf'
     >>> choose_kind(1_000_000, 256, memory_budget=2**30)
     'ivf'
     >>> choose_kind(10_000_000, 256, memory_budget=2**30)
@@ -38,13 +44,23 @@ import numpy as np
 from lookalike.errors import VectorIndexError
 from lookalike.fileio import write_json
 from lookalike.index.ann import REGROW, AnnIndex
-from lookalike.index.base import VectorIndex, create_index, load_index, register
+from lookalike.index.base import (
+    VectorIndex,
+    accepts_allowed,
+    create_index,
+    load_index,
+    register,
+)
 
 #: Exact search up to this many vectors (measured in docs/benchmarks.md, section ``ann``).
 EXACT_MAX = 5_000
-#: ``ivf`` rather than ``hnsw`` from this many vectors (docs/benchmarks.md, section ``ann``).
-IVF_MIN = 50_000
 HNSW_LINKS = 32
+#: What ``auto`` asks of the ``ivf`` it chooses: the kept vectors (re-ranking) at half precision
+#: (scores to about 1e-3, the same recall), trained once it is chosen (``min_train``), tuned to
+#: recall@10 0.99 rather than the kind's 0.95: close to the exact search it replaces for about
+#: 0.15 ms more a search at 1M vectors (docs/benchmarks.md, section ``ann``: 0.992 at 0.36 ms
+#: against 0.954 at 0.21 ms), small beside the rest of a query.
+IVF_OPTIONS = {"store": "float16", "target_recall": 0.99}
 
 
 def default_memory_budget() -> int:
@@ -78,24 +94,35 @@ def choose_kind(count: int, dim: int, memory_budget: int | None = None) -> str:
     budget = memory_budget if memory_budget is not None else default_memory_budget()
     if count <= EXACT_MAX and count * bytes_per_vector("flat", dim) <= budget:
         return "flat"
-    if count < IVF_MIN and count * bytes_per_vector("hnsw", dim) <= budget:
-        return "hnsw"
     if count * bytes_per_vector("ivf", dim) <= budget:
         return "ivf"
     return "ivf-pq"
 
 
 class AutoIndex:
-    """Holds an index of the chosen kind and re-chooses as the collection grows."""
+    """Holds an index of the chosen kind and re-chooses as the collection grows.
+
+    ``sparse``: the space's vectors keep at most this many non-zero entries (the catalogue's
+    ``sparse:T`` encoding): they go to an ``inverted`` index, whatever their number.
+    """
 
     kind = "auto"
 
-    def __init__(self, dim: int, memory_budget: int | None = None, **options: object) -> None:
+    def __init__(
+        self,
+        dim: int,
+        memory_budget: int | None = None,
+        sparse: int | None = None,
+        **options: object,
+    ) -> None:
         self.dim = int(dim)
         self.memory_budget = memory_budget
+        self.sparse = int(sparse) if sparse else None
         self.options = options
-        self.inner: VectorIndex = create_index("flat", self.dim)
-        self.chosen = "flat"
+        self.chosen = "inverted" if self.sparse else "flat"
+        self.inner: VectorIndex = create_index(
+            self.chosen, self.dim, **self._options_for(self.chosen)
+        )
         self.chosen_at = 0
 
     @property
@@ -105,19 +132,31 @@ class AutoIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.inner.add(ids, vectors)
+        self.maintain()  # a large collection never waits in a flat index: RAM stays bounded
 
     def remove(self, ids: np.ndarray) -> None:
         self.inner.remove(ids)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def filters(self) -> bool:
+        """Whether ``search`` takes ``allowed`` (as the chosen index does)."""
+        return accepts_allowed(self.inner)
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self.maintain()
-        return self.inner.search(queries, k)
+        if allowed is None:
+            return self.inner.search(queries, k)
+        return self.inner.search(queries, k, allowed=allowed)
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def maintain(self) -> None:
         """Choose again when the collection has doubled or halved since the last choice."""
+        if self.sparse:
+            return
         count = len(self.inner)
         if self.chosen_at and count < REGROW * self.chosen_at and count * REGROW > self.chosen_at:
             return
@@ -130,7 +169,13 @@ class AutoIndex:
         self.chosen_at = max(count, 1)
 
     def _options_for(self, kind: str) -> dict:
-        return {} if kind == "flat" else dict(self.options)
+        if kind == "flat":
+            return {}
+        if kind == "inverted":
+            return {"top": self.sparse, **self.options}
+        if kind == "ivf":
+            return {**IVF_OPTIONS, "min_train": EXACT_MAX, **self.options}
+        return dict(self.options)
 
     def save(self, path: Path) -> None:
         """The chosen index at ``path`` and the choice beside it (``.auto.json``)."""
@@ -141,6 +186,7 @@ class AutoIndex:
             "chosen_at": self.chosen_at,
             "dim": self.dim,
             "memory_budget": self.memory_budget,
+            "sparse": self.sparse,
             "options": self.options,
         }
         write_json(choice_file(path), state)
@@ -148,10 +194,78 @@ class AutoIndex:
     @classmethod
     def load(cls, path: Path) -> AutoIndex:
         state = json.loads(choice_file(path).read_text())
-        index = cls(state["dim"], state["memory_budget"], **state["options"])
+        index = cls.__new__(cls)
+        index.dim, index.memory_budget = int(state["dim"]), state["memory_budget"]
+        index.sparse, index.options = state.get("sparse"), state["options"]
         index.inner = load_index(state["inner"], path)
         index.chosen, index.chosen_at = state["inner"], state["chosen_at"]
         return index
+
+
+def memory_of(index: object) -> dict[str, int]:
+    """What an index holds in memory, in bytes: ``resident`` (read into RAM) and ``mapped``
+    (memory-mapped from its files: in RAM only as far as searches have touched them, and
+    given back by the OS under pressure). Estimated from the structures, for ``lookalike
+    info`` (``Collection.sizes``).
+
+    Example:
+        >>> flat = create_index("flat", 4)
+        >>> flat.add(np.arange(10), np.ones((10, 4), np.float32))
+        >>> memory_of(flat)
+        {'resident': 240, 'mapped': 0}
+    """
+    out = {"resident": 0, "mapped": 0}
+
+    def count(array: object) -> None:
+        if isinstance(array, np.ndarray):
+            mapped = isinstance(array, np.memmap) or isinstance(array.base, np.memmap)
+            out["mapped" if mapped else "resident"] += int(array.nbytes)
+
+    inner = getattr(index, "inner", None)
+    if inner is not None:  # auto, or a PCA-projected index: the projection, then what it holds
+        projection = getattr(index, "projection", None)
+        if projection is not None:
+            count(projection.mean)
+            count(projection.projection)
+        for key, value in memory_of(inner).items():
+            out[key] += value
+        return out
+    if isinstance(index, AnnIndex):
+        count(index._ids.data)
+        count(index._alive.data)
+        count(index._store.data)
+        structure = index.structure
+        if structure is not None:
+            codes = _structure_bytes(structure, index.dim)
+            if index._source is not None:  # its lists memory-mapped (IO_FLAG_MMAP_IFC)
+                out["mapped"] += codes
+                quantizer = getattr(faiss.extract_index_ivf(structure), "nlist", 0)
+                out["resident"] += int(quantizer) * index.dim * 4
+            else:
+                out["resident"] += codes
+        return out
+    if hasattr(index, "nbytes") and hasattr(index, "entries"):  # inverted
+        for name in ("_ids", "_alive", "_offsets", "_positions", "_values"):
+            count(getattr(index, name, None))
+        out["resident"] += 14 * int(getattr(index, "_pending_entries", 0))
+        return out
+    raw = getattr(index, "index", None)
+    if isinstance(raw, faiss.Index):  # flat: its vectors and the id map
+        out["resident"] += int(raw.ntotal) * (index.dim * 4 + 8) + _structure_bytes(raw, 0)
+    return out
+
+
+def _structure_bytes(structure: faiss.Index, dim: int) -> int:
+    """Bytes of a FAISS structure's codes and lists (``ntotal`` x its code size, ids)."""
+    try:
+        ivf = faiss.extract_index_ivf(structure)
+        return int(ivf.ntotal) * (int(ivf.code_size) + 8)
+    except RuntimeError:
+        pass
+    if isinstance(structure, faiss.IndexHNSW):
+        links = 2 * HNSW_LINKS * 4 * 1.1
+        return int(structure.ntotal * (4 * structure.d + links))
+    return 0
 
 
 def choice_file(index_file: Path) -> Path:

@@ -42,7 +42,12 @@ class VectorIndex(Protocol):
         ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k), best first; missing slots have id -1."""
+        """(scores, ids), each (n, k), best first; missing slots have id -1.
+
+        A kind that can filter (:func:`accepts_allowed`) also takes ``allowed``: a sorted int64
+        array of the only ids results may have; it then returns ``min(k, matches)`` results
+        for every query, never fewer (``lookalike.collection.search`` picks the plan).
+        """
         ...
 
     def __len__(self) -> int: ...
@@ -50,6 +55,14 @@ class VectorIndex(Protocol):
     def save(self, path: Path) -> None:
         """Write to ``path`` atomically (a reader never sees half a file)."""
         ...
+
+
+def accepts_allowed(index: object) -> bool:
+    """Whether ``index.search`` takes ``allowed`` (a filtered search), which a kind says with
+    a true ``filters`` attribute (``flat``, ``hnsw``, ``ivf``, ``ivf-pq``, ``lsh``; ``auto`` and
+    a PCA-projected index as the index they hold). Others are filtered by the collection
+    (``collection.search``: an exact scan of the allowed stored vectors)."""
+    return bool(getattr(index, "filters", False))
 
 
 #: The built-in kinds and the module that registers each (imported when first needed; milvus
@@ -60,6 +73,7 @@ BUILTIN: dict[str, str] = {
     "ivf": "lookalike.index.ivf",
     "ivf-pq": "lookalike.index.ivf",
     "lsh": "lookalike.index.lsh",
+    "inverted": "lookalike.index.inverted",
     "auto": "lookalike.index.auto",
     "milvus": "lookalike.index.milvus",
 }

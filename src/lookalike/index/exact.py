@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["exact_search", "recall_at", "top_k"]
+__all__ = ["PositionMap", "exact_search", "find_sorted", "recall_at", "top_k"]
 
 
 def exact_search(
@@ -52,6 +52,80 @@ def exact_search(
         best_scores = np.take_along_axis(scores, top, 1)
         best_rows = np.take_along_axis(found, top, 1)
     return best_scores, best_rows
+
+
+def find_sorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Where each of ``needles`` found in the sorted ``haystack`` is (those absent left out).
+
+    Example:
+        >>> find_sorted(np.array([2, 5, 9]), np.array([5, 7, 9])).tolist()
+        [1, 2]
+    """
+    at = np.searchsorted(haystack, needles)
+    inside = at < len(haystack)
+    inside[inside] = haystack[at[inside]] == needles[inside]
+    return at[inside]
+
+
+class PositionMap:
+    """Where ids sit in an index (position -> id given), for filtered searches: the allowed ids'
+    positions and their bitmap, remembered for the last filter (the collection hands the same
+    array again for the same filter, so the next query with it costs nothing here).
+
+    Example:
+        >>> PositionMap().positions(np.array([5, 9, 7]), np.array([7, 9]), state=(0,)).tolist()
+        [1, 2]
+    """
+
+    def __init__(self) -> None:
+        self._order: tuple[tuple, np.ndarray | None, np.ndarray] | None = None
+        self._last: tuple | None = None  # (allowed, state, positions, (bits, selector) or None)
+
+    def positions(
+        self,
+        stored: np.ndarray,
+        allowed: np.ndarray,
+        *,
+        state: tuple,
+        alive: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Ascending positions of ``allowed`` ids in ``stored`` (ids by position), live ones
+        only when ``alive`` is given. ``state`` changes whenever ``stored`` or ``alive`` do."""
+        last = self._last
+        if last is not None and last[0] is allowed and last[1] == state:
+            return last[2]
+        order = self._order
+        if order is None or order[0] != state[:1]:
+            if len(stored) < 2 or bool(np.all(stored[1:] > stored[:-1])):
+                order = (state[:1], None, stored)  # ids grow with positions: no sort needed
+            else:
+                arg = np.argsort(stored, kind="stable")
+                order = (state[:1], arg, stored[arg])
+            self._order = order
+        _, arg, sorted_ids = order
+        found = find_sorted(sorted_ids, np.asarray(allowed, np.int64))
+        positions = found if arg is None else np.sort(arg[found])
+        if alive is not None:
+            positions = positions[alive[positions]]
+        self._last = (allowed, state, positions, None)
+        return positions
+
+    def bitmap(self, size: int, positions: np.ndarray) -> object:
+        """A FAISS ``IDSelectorBitmap`` of ``positions`` (of the last :meth:`positions`)."""
+        import faiss
+
+        last = self._last
+        if last is not None and last[2] is positions and last[3] is not None:
+            return last[3][1]
+        bits = np.zeros(size, np.bool_)
+        bits[positions] = True
+        packed = np.packbits(bits, bitorder="little")
+        selector = faiss.IDSelectorBitmap(size, faiss.swig_ptr(packed))
+        if last is not None and last[2] is positions:
+            self._last = (*last[:3], (packed, selector))  # the selector reads ``packed``
+        else:
+            selector.referenced = packed  # keep the bits alive with the selector
+        return selector
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

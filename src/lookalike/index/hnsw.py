@@ -60,6 +60,15 @@ class HnswIndex(AnnIndex):
         search = self._search_parameters(faiss.SearchParametersHNSW, efSearch=ef)
         return self.structure.search(queries, k, params=search)
 
+    def _touched(self) -> float:
+        return float(self.params["ef_search"]) * self.links
+
+    def _widened(self, selectivity: float) -> dict:
+        """A graph searched with a selector keeps only the allowed nodes it visits: visit about
+        ``1 / selectivity`` times as many."""
+        ef = int(self.params["ef_search"]) / max(selectivity, 1e-6)
+        return {**self.params, "ef_search": int(min(ef, max(len(self), 1)))}
+
     def _candidates(self) -> list[dict]:
         efs = (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
         return [{"ef_search": ef} for ef in efs]

@@ -32,7 +32,7 @@ class _IvfBase(AnnIndex):
     candidates from the stored vectors (the shared part of ``ivf`` and ``ivf-pq``).
 
     The full vectors are kept in a ``.vectors.npy`` file and memory-mapped once loaded, as are
-    the inverted lists (``faiss.IO_FLAG_MMAP``): a collection bigger than RAM is searched
+    the inverted lists (``faiss.IO_FLAG_MMAP_IFC``): a collection bigger than RAM is searched
     through the page cache. Trains on a sample once it holds ``min_train`` vectors (about
     ``4 sqrt(n)`` lists); exact search below that.
     """
@@ -85,6 +85,16 @@ class _IvfBase(AnnIndex):
         _, positions = self.structure.search(self._transform(queries), candidates, params=search)
         return self._rerank(queries, positions, k)
 
+    def _touched(self) -> float:
+        nlist = self.structure.nlist if self.structure is not None else 1
+        return float(self.params["nprobe"]) * len(self) / nlist
+
+    def _widened(self, selectivity: float) -> dict:
+        """Lists hold allowed and other vectors alike: probe about ``1 / selectivity`` times
+        as many to meet as many allowed candidates."""
+        nprobe = int(np.ceil(int(self.params["nprobe"]) / max(selectivity, 1e-6)))
+        return {**self.params, "nprobe": min(nprobe, self.structure.nlist)}
+
     def _candidates(self) -> list[dict]:
         nlist = self.structure.nlist
         probes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512) if p < nlist]
@@ -105,7 +115,10 @@ class _IvfBase(AnnIndex):
         if not mmap:
             return faiss.read_index(str(path))
         self._source = path
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        # IO_FLAG_MMAP_IFC maps the lists in place (FAISS >= 1.10); IO_FLAG_MMAP turns them into
+        # OnDiskInvertedLists, whose locking made a query at 10k vectors 16x slower (0.45 ms
+        # against 0.027 ms: docs/benchmarks.md, section ``compact``).
+        return faiss.read_index(str(path), getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
 
 
 class IvfIndex(_IvfBase):

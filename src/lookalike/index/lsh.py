@@ -69,6 +69,9 @@ class LshIndex(AnnIndex):
             return scores, positions[:, :k]
         return self._rerank(queries, positions, k)
 
+    def _touched(self) -> float:
+        return len(self) * self.bits / (32.0 * self.dim)  # codes scanned, in float vectors
+
     def _candidates(self) -> list[dict]:
         if "rerank" in self.options:  # fixed by the caller
             return [{"rerank": int(self.options["rerank"])}]

@@ -23,7 +23,8 @@ import numpy as np
 
 from lookalike.descriptors import Whitening
 from lookalike.fileio import atomic_save
-from lookalike.index.base import VectorIndex
+from lookalike.index.base import VectorIndex, accepts_allowed
+from lookalike.index.log import appended
 
 
 class ProjectedIndex:
@@ -47,14 +48,28 @@ class ProjectedIndex:
     def remove(self, ids: np.ndarray) -> None:
         self.inner.remove(ids)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.inner.search(self.project(queries), k)
+    @property
+    def filters(self) -> bool:
+        """Whether ``search`` takes ``allowed`` (as the inner index does)."""
+        return accepts_allowed(self.inner)
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if allowed is None:
+            return self.inner.search(self.project(queries), k)
+        return self.inner.search(self.project(queries), k, allowed=allowed)
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def save(self, path: Path) -> None:
+        """The inner index, then the PCA beside it, unless the inner index only appended to
+        the log of the base it was read from or written to (``lookalike.index.log``): the PCA
+        file beside that base is this one, as a new PCA makes a new inner index."""
         self.inner.save(path)
+        if appended(self.inner) and projection_file(path).exists():
+            return
         atomic_save(
             projection_file(path),
             lambda tmp: np.savez(

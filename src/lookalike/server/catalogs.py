@@ -69,6 +69,19 @@ CATALOG_ID = re.compile(r"^c_[0-9a-f]{12}$")
 MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 #: How many times more results a filtered search asks the index for.
 OVERFETCH = 10
+
+
+def combined_filter(where: dict | None, filters: dict | None) -> dict | None:
+    """One ``collection.filters`` mapping of a request's ``where`` and ``filters`` (metadata
+    equal to values, or among them when the stored value is a list)."""
+    if not where and not filters:
+        return None
+    out = dict(where or {})
+    if filters:
+        out["metadata"] = {**dict(out.get("metadata") or {}), **filters}
+    return out
+
+
 BATCH = 32
 
 
@@ -487,26 +500,41 @@ class Catalogs:
         filters: dict | None = None,
         region: Sequence[float] | None = None,
         words: str | None = None,
+        where: dict | None = None,
     ) -> list[dict]:
         """Best matches for an image (optionally a region of it) or a text, filtered; with
-        ``words``, ranked by the words read in the images (combined with the image or text)."""
+        ``words``, ranked by the words read in the images (combined with the image or text).
+
+        ``filters`` (metadata equal to values) and ``where`` (``collection.filters``: taken
+        time, place, camera, metadata) are exact for image and text queries: the allowed images
+        are selected first, so ``k`` results come back whenever ``k`` images match."""
         col = self.reader(catalog_id)
-        fetch = min(k * OVERFETCH, 1000) if filters else k
+        allowed = col.ids_where(combined_filter(where, filters))
         if words is not None:
+            fetch = min(k * OVERFETCH, 1000) if filters or allowed is not None else k
             found = (words, fetch, k, image, text, filters, region)
-            return self._words_search(col, catalog_id, *found)
+            return self._words_search(col, catalog_id, *found, allowed=allowed)
         if image is not None:
             query = decode(image, **self.query_options(catalog_id, region))
             if region is not None:
                 query = crop(query, region)
-            hits = col.search(query, k=fetch)
+            hits = col.search(query, k=k, where=allowed)
         elif text is not None:
-            hits = self._text_search(col, text, fetch)
+            hits = self._text_search(col, text, k, allowed)
         else:
             raise BadRequestError("give an image, an image URL or a text")
-        if filters:
-            hits = [h for h in hits if matches(h.metadata, filters)]
         return [hit_json(catalog_id, h) for h in hits[:k]]
+
+    def similar(
+        self, catalog_id: str, image_id: int, k: int = 10, where: dict | None = None
+    ) -> list[dict]:
+        """ "More like this": the images most like a stored one, from its stored vector (no
+        decoding), itself left out; ``where`` as for :meth:`search`."""
+        col = self.reader(catalog_id)
+        if col.get(image_id) is None:
+            raise NotFoundError(f"no image {image_id} in this catalogue")
+        hits = col.search_like(image_id, k, where=col.ids_where(where))
+        return [hit_json(catalog_id, h) for h in hits]
 
     def query_options(self, catalog_id: str, region: Sequence[float] | None = None) -> dict:
         """How a search query is decoded: at the Collection's own decode scale for a whole
@@ -532,7 +560,7 @@ class Catalogs:
         return dict(max_pixels=self.config.max_pixels, max_bytes=self.config.max_decode_bytes)
 
     def _words_search(
-        self, col, catalog_id, words, fetch, k, image, text, filters, region
+        self, col, catalog_id, words, fetch, k, image, text, filters, region, allowed=None
     ) -> list[dict]:
         from lookalike.words import has_words, search_words
 
@@ -550,6 +578,8 @@ class Catalogs:
         hits = search_words(col, words, fetch, image=query, text=texts)
         if filters:
             hits = [h for h in hits if matches(h.metadata, filters)]
+        if allowed is not None:
+            hits = [h for h in hits if h.id in set(allowed.tolist())]
         out = []
         for hit in hits[:k]:
             extra = {key: v for key, v in hit.to_dict().items() if key.startswith(("words", "sim"))}
@@ -590,13 +620,13 @@ class Catalogs:
         if has_words(col):
             self._retry_busy(lambda: add_words(col))
 
-    def _text_search(self, col: Collection, text: str, k: int) -> list[SearchResult]:
+    def _text_search(self, col: Collection, text: str, k: int, allowed=None) -> list[SearchResult]:
         if not col.has_text():
             raise BadRequestError("this catalogue's model has no text side: search it by image")
         if not text.strip():
             raise BadRequestError("the text is empty")
         # The API takes the text as it is: a ':' is part of it, not a weight (that is CLI syntax).
-        return col.search_text([(text, 1.0)], k)
+        return col.search_text([(text, 1.0)], k, where=allowed)
 
     # -- duplicates -----------------------------------------------------------------------------
     def copy_space_state(self, catalog_id: str) -> tuple[bool, int, int]:

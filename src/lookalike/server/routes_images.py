@@ -147,6 +147,24 @@ def delete_image(
     return Response(status_code=204)
 
 
+@router.get("/catalogs/{catalog_id}/images/{image_id}/similar", tags=["images"])
+def similar_images(
+    catalog_id: str,
+    image_id: Annotated[int, IMAGE_ID],
+    who: Caller,
+    catalogs: ServerCatalogs,
+    k: Annotated[int, Query(ge=1, le=200)] = 10,
+    where: Annotated[str | None, Query(max_length=10_000)] = None,
+) -> dict:
+    """ "More like this": the images most like a stored one, from its stored vector (nothing is
+    decoded), itself left out; ``where``: a JSON object of filters as for search."""
+    from lookalike.server.routes_search import read_where
+
+    readable(catalogs, catalog_id, who)
+    filters = read_where(loads(where, "where") if where else None, catalogs.config)
+    return {"results": catalogs.similar(catalog_id, image_id, k, filters)}
+
+
 @router.get("/catalogs/{catalog_id}/images/{image_id}/thumbnail", tags=["images"])
 def get_thumbnail(
     catalog_id: str, image_id: Annotated[int, IMAGE_ID], who: Caller, catalogs: ServerCatalogs

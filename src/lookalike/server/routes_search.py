@@ -1,5 +1,7 @@
 """The search route: the images of a catalogue most like a query image (an upload or a URL,
-optionally a region of it) or a text, filtered by metadata.
+optionally a region of it) or a text, filtered by metadata (``filters``) or by anything a
+collection filters on (``where``: taken time, place, camera, metadata; exact: k results
+whenever k images match).
 
 Example:
     $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
@@ -8,6 +10,9 @@ Example:
         -H 'content-type: application/json' -d '{"text": "a red bus", "k": 5}'
     $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \\
         -H 'content-type: application/json' -d '{"words": "lisboa", "k": 5}'
+    $ curl -s -X POST localhost:8000/catalogs/c_…/search -H "Authorization: Bearer $KEY" \
+        -H 'content-type: application/json' \
+        -d '{"text": "beach", "where": {"taken_after": "2021-06", "near": [43.3, 5.4, 50]}}'
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from lookalike.collection.filters import FilterError, conditions
 from lookalike.server.auth import Caller, ServerCatalogs, readable
 from lookalike.server.bodies import (
     check_metadata,
@@ -37,6 +43,10 @@ SEARCH_FIELDS = {
     "words": {"type": "string", "description": "words written in the pictures (OCR)"},
     "url": {"type": "string"},
     "filters": {"description": 'metadata filters, e.g. {"brand": "acme"}'},
+    "where": {
+        "description": "exact filters: taken_after, taken_before (2021-05-01...), near "
+        '[lat, lon, km], camera, lens, metadata {key: value}, where ["key=value", "width>=800"]'
+    },
     "region": {"description": "x,y,width,height as fractions of the query image"},
 }
 SEARCH_BODY = {
@@ -47,8 +57,9 @@ SEARCH_BODY = {
                     "type": "object",
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        **{k: v for k, v in SEARCH_FIELDS.items() if k not in ("filters",)},
+                        **{k: v for k, v in SEARCH_FIELDS.items() if k not in ("filters", "where")},
                         "filters": {"type": "string", "description": "JSON object"},
+                        "where": {"type": "string", "description": "JSON object"},
                         "region": {"type": "string", "description": "x,y,w,h in 0..1"},
                     },
                 }
@@ -59,6 +70,7 @@ SEARCH_BODY = {
                     "properties": {
                         **SEARCH_FIELDS,
                         "filters": {"type": "object"},
+                        "where": {"type": "object"},
                         "region": {"type": "array", "items": {"type": "number"}},
                     },
                 }
@@ -95,9 +107,24 @@ async def search(catalog_id: str, request: Request, who: Caller, catalogs: Serve
                 filters=query["filters"],
                 region=query["region"],
                 words=query["words"],
+                where=query["where"],
             )
         )
     return {"results": results}
+
+
+def read_where(where: object, config: ServerConfig) -> dict | None:
+    """A request's ``where`` (``collection.filters``), checked: 400 when it cannot be read."""
+    if where in (None, ""):
+        return None
+    if not isinstance(where, dict):
+        raise ApiError(400, 'where must be an object such as {"taken_after": "2021-05-01"}')
+    where = check_metadata(where, config, "where")
+    try:
+        conditions(where)
+    except FilterError as exc:
+        raise ApiError(400, str(exc)) from None
+    return where
 
 
 async def read_search(request: Request, config: ServerConfig) -> dict:
@@ -106,13 +133,14 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
     query: dict = {"image": None, "url": None, "text": None, "k": 10, "filters": None}
     query["words"] = None
     query["region"] = None
+    query["where"] = None
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_part_size=1024 * 1024)
         file = form.get("file")
         if isinstance(file, UploadFile):
             query["image"] = await read_file(file, config)
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        for name in ("filters", "region"):
+        for name in ("filters", "region", "where"):
             if fields.get(name):
                 fields[name] = parse_field(name, fields[name])
     elif kind.startswith("application/json"):
@@ -133,6 +161,7 @@ async def read_search(request: Request, config: ServerConfig) -> dict:
         if not isinstance(filters, dict):
             raise ApiError(400, 'filters must be an object such as {"brand": "acme"}')
         query["filters"] = check_metadata(filters, config, "filters")
+    query["where"] = read_where(fields.get("where"), config)
     region = fields.get("region")
     if region not in (None, ""):
         if not isinstance(region, list) or not all(

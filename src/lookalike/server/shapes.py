@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from lookalike.collection import SearchResult
+from lookalike.collection.results import described
 from lookalike.errors import BadRequestError
 
 
@@ -104,4 +105,5 @@ def hit_json(catalog_id: str, hit: SearchResult) -> dict:
     return {
         "score": round(float(hit.score), 6),
         **image_json(catalog_id, hit.id, hit.width, hit.height, hit.metadata),
+        **described(hit.info),  # taken, taken_from, gps, camera, lens (when known)
     }

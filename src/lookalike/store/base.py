@@ -10,13 +10,14 @@ key) that holds an image's content; identical files share one image. Every write
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from lookalike.errors import CatalogueError  # noqa: F401 - re-exported
+from lookalike.store.query import Condition
 
 #: Starts the stored form of a path that is not valid UTF-8 (see :func:`path_to_store`). Stored
 #: paths are absolute or URIs, so none starts with this control character on its own; a path
@@ -60,6 +61,30 @@ def text_to_store(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: The header columns of the images table (``lookalike.ingest.exif``), in stored order.
+INFO_COLUMNS = (
+    "taken_at",
+    "taken_offset",
+    "taken_source",
+    "lat",
+    "lon",
+    "camera_make",
+    "camera_model",
+    "lens",
+)
+
+
+def info_row(info: dict) -> tuple:
+    """The header columns' values of an info dict (None where unknown; all None when the
+    header was not read, which leaves ``taken_source`` NULL: to be read)."""
+    return tuple(info.get(name) for name in INFO_COLUMNS)
+
+
+def info_of(row: Sequence) -> dict:
+    """The info dict of the header columns' values (unknown ones left out)."""
+    return {name: value for name, value in zip(INFO_COLUMNS, row, strict=True) if value is not None}
+
+
 @dataclass(frozen=True)
 class FileState:
     """What was seen of a file when it was last indexed (to detect changes cheaply)."""
@@ -79,6 +104,9 @@ class NewImage:
     height: int
     vectors: dict[str, np.ndarray]
     metadata: dict = field(default_factory=dict)
+    #: What the file's header says (``lookalike.ingest.exif.read_info``: taken time and its
+    #: source, GPS position, camera, lens); empty: not read yet (the header pass reads it).
+    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,8 @@ class ImageRecord:
     height: int
     bytes: int
     metadata: dict
+    #: The header info stored for it (keys of ``ingest.exif.INFO_COLUMNS`` that are known).
+    info: dict = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -170,6 +200,44 @@ class Catalogue(Protocol):
 
     def vector_counts(self) -> dict[str, int]:
         """How many vectors each space holds (a space is complete when it has one per image)."""
+        ...
+
+    def set_encoding(self, space: str, encoding: str) -> None:
+        """Write the vectors of ``space`` in ``encoding`` from now on (``store.encoding``; the
+        default is format 1's float32). Stored blobs say how they were written."""
+        ...
+
+    def vector_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """space -> encoding -> ``{"vectors", "bytes"}`` of the stored vectors."""
+        ...
+
+    def reencode(
+        self, space: str, batch: int = 2000, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Rewrite the float32 vectors of ``space`` in its encoding, ``batch`` rows a
+        transaction (the generation stays); returns how many were rewritten."""
+        ...
+
+    def compact(self) -> None:
+        """Give the space of rewritten rows back (SQLite: ``VACUUM``)."""
+        ...
+
+    def set_info(self, rows: Sequence[tuple[int, dict]]) -> None:
+        """Store the header info of images (``(image id, info)``), one transaction; not a change
+        of images (the generation stays, no index is made stale)."""
+        ...
+
+    def ids_without_info(self, limit: int, after: int = 0) -> list[tuple[int, str, int]]:
+        """Up to ``limit`` images (ids above ``after``, ascending) whose header was never read:
+        (id, first path, its mtime_ns)."""
+        ...
+
+    def select_ids(self, conditions: Sequence[Condition]) -> np.ndarray:
+        """The ids of the images meeting every condition (``store.query``), sorted int64."""
+        ...
+
+    def rename_files(self, moves: Sequence[tuple[str, str, FileState]]) -> None:
+        """Record that files moved: ``(old path, new path, new state)``, one transaction."""
         ...
 
     def get_meta(self, key: str) -> str | None:

@@ -8,7 +8,7 @@ one (its version is the ``schema_version`` row of ``meta``; migrations run in on
 under an advisory lock, so two processes opening a new database do not race).
 
 Each batch of added images is one transaction, as with SQLite. Vectors are ``bytea`` holding
-the same little-endian float32 bytes. Paths that are not valid UTF-8 are stored through
+the same bytes as in SQLite (``store.encoding``). Paths that are not valid UTF-8 are stored through
 ``store.base.path_to_store`` (PostgreSQL text takes no lone surrogates), as with SQLite.
 """
 
@@ -17,21 +17,31 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
 from lookalike.store.base import (
+    INFO_COLUMNS,
     CatalogueError,
     FileState,
     ImageRecord,
     NewImage,
+    info_of,
+    info_row,
     path_from_store,
     path_to_store,
     text_to_store,
 )
-from lookalike.store.sqlite import SCHEMA_VERSION
+from lookalike.store.encoding import check_encoding, decode_vectors, encode_vector, stats_of
+from lookalike.store.query import POSTGRES, Condition, refine, selection_sql
+from lookalike.store.sqlite import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA_VERSION
+
+#: A stored blob in format 1's float32 (``store.encoding``).
+_FLOAT32 = "mod(octet_length(data), 4) = 0"
+#: SQLite's column types as PostgreSQL's (the header columns, ``sqlite.ADDED_COLUMNS``).
+_TYPES = {"REAL": "DOUBLE PRECISION", "INTEGER": "INTEGER", "TEXT": "TEXT"}
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,6 +117,8 @@ class PostgresCatalogue:
         self.uri = uri
         conninfo, self.schema = split_uri(uri)
         self._lock = threading.RLock()
+        #: space -> encoding of the vectors written (``store.encoding``); float32 by default.
+        self.encodings: dict[str, str] = {}
         try:
             self._db = psycopg.connect(conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -147,6 +159,13 @@ class PostgresCatalogue:
             self._db.execute(
                 "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version),)
             )
+            # Columns added without a version (as in SQLite): the header info of images.
+            for table, name, kind in ADDED_COLUMNS:
+                self._db.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {_TYPES[kind]}"
+                )
+            for statement in ADDED_INDEXES:
+                self._db.execute(statement)
 
     def _stored_version(self) -> int:
         exists = self._db.execute(
@@ -198,8 +217,8 @@ class PostgresCatalogue:
             return []
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, content_hash, width, height, bytes, metadata FROM images "
-                "WHERE id = ANY(%s)",
+                "SELECT id, content_hash, width, height, bytes, metadata, "
+                f"{', '.join(INFO_COLUMNS)} FROM images WHERE id = ANY(%s)",
                 (ids,),
             ).fetchall()
             paths: dict[int, list[str]] = {}
@@ -218,10 +237,29 @@ class PostgresCatalogue:
                 height=r[3],
                 bytes=r[4],
                 metadata=json.loads(r[5]),
+                info=info_of(r[6:]),
             )
             for r in rows
         }
         return [by_id.get(i) for i in ids]
+
+    def select_ids(self, conditions: Sequence[Condition]) -> np.ndarray:
+        sql, params, near = selection_sql(conditions, POSTGRES)
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        ids = refine(rows, near) if near else [r[0] for r in rows]
+        return np.unique(np.asarray(ids, dtype=np.int64))
+
+    def ids_without_info(self, limit: int, after: int = 0) -> list[tuple[int, str, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT ON (images.id) images.id, files.path, files.mtime_ns "
+                "FROM images JOIN files ON files.image_id = images.id "
+                "WHERE images.taken_source IS NULL AND images.id > %s "
+                'ORDER BY images.id, files.path COLLATE "C" LIMIT %s',
+                (int(after), int(limit)),
+            ).fetchall()
+        return [(int(i), path_from_store(p), int(m)) for i, p, m in rows]
 
     def vectors(self, space: str, ids: Sequence[int]) -> np.ndarray:
         ids = [int(i) for i in ids]
@@ -235,7 +273,7 @@ class PostgresCatalogue:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"no {space!r} vector for images {missing[:5]}")
-        return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
+        return decode_vectors([rows[i] for i in ids])
 
     def iter_vectors(
         self, space: str, batch: int = 10_000
@@ -251,7 +289,7 @@ class PostgresCatalogue:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            vectors = decode_vectors([r[1] for r in rows])
             last = int(ids[-1])
             yield ids, vectors
 
@@ -276,6 +314,59 @@ class PostgresCatalogue:
             rows = self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space").fetchall()
         return {str(space): int(n) for space, n in rows}
 
+    # -- how vectors are stored (``store.encoding``, as in SQLite) ----------------------------
+    def set_encoding(self, space: str, encoding: str) -> None:
+        self.encodings[space] = check_encoding(encoding)
+
+    def _encode(self, space: str, vector: np.ndarray) -> bytes:
+        return encode_vector(vector, self.encodings.get(space, "float32"))
+
+    def vector_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT space, CASE WHEN {_FLOAT32} THEN 'float32' ELSE "
+                "encode(substring(data from 1 for 1), 'hex') END, COUNT(*), "
+                "SUM(octet_length(data)) FROM vectors GROUP BY 1, 2"
+            ).fetchall()
+        return stats_of(rows)
+
+    def reencode(
+        self, space: str, batch: int = 2000, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        encoding = self.encodings.get(space, "float32")
+        if encoding == "float32":
+            return 0
+        with self._lock:
+            total = self._db.execute(
+                f"SELECT COUNT(*) FROM vectors WHERE space = %s AND {_FLOAT32}", (space,)
+            ).fetchone()[0]
+        done, last = 0, -1
+        while done < total:
+            with self._lock, self._db.transaction(), self._db.cursor() as cursor:
+                rows = cursor.execute(
+                    "SELECT image_id, data FROM vectors WHERE space = %s AND image_id > %s AND "
+                    f"{_FLOAT32} ORDER BY image_id LIMIT %s",
+                    (space, last, batch),
+                ).fetchall()
+                if not rows:
+                    break
+                vectors = decode_vectors([r[1] for r in rows])
+                cursor.executemany(
+                    "UPDATE vectors SET data = %s WHERE space = %s AND image_id = %s",
+                    [
+                        (encode_vector(v, encoding), space, r[0])
+                        for r, v in zip(rows, vectors, strict=True)
+                    ],
+                )
+            done += len(rows)
+            last = int(rows[-1][0])
+            if progress:
+                progress(min(done, total), total)
+        return done
+
+    def compact(self) -> None:
+        """Nothing to do: PostgreSQL's autovacuum reuses the space of rewritten rows."""
+
     # -- writes ---------------------------------------------------------------------------
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
         ids = []
@@ -283,8 +374,9 @@ class PostgresCatalogue:
         with self._lock, self._db.transaction():
             for image in images:
                 image_id = self._db.execute(
-                    "INSERT INTO images (content_hash, width, height, bytes, metadata, added_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                    "INSERT INTO images (content_hash, width, height, bytes, metadata, added_at, "
+                    f"{', '.join(INFO_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, "
+                    f"{', '.join(['%s'] * len(INFO_COLUMNS))}) RETURNING id",
                     (
                         image.content_hash,
                         image.width,
@@ -292,6 +384,7 @@ class PostgresCatalogue:
                         image.state.size,
                         json.dumps(image.metadata),
                         now,
+                        *info_row(image.info),
                     ),
                 ).fetchone()[0]
                 ids.append(int(image_id))
@@ -300,7 +393,7 @@ class PostgresCatalogue:
                     "DELETE FROM skipped WHERE path = %s", (path_to_store(image.path),)
                 )
             rows = [
-                (image_id, space, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                (image_id, space, self._encode(space, v))
                 for image_id, image in zip(ids, images, strict=True)
                 for space, v in image.vectors.items()
             ]
@@ -320,10 +413,7 @@ class PostgresCatalogue:
         )
 
     def put_vectors(self, space: str, ids: Sequence[int], vectors: np.ndarray) -> None:
-        rows = [
-            (int(i), space, np.ascontiguousarray(v, dtype=np.float32).tobytes())
-            for i, v in zip(ids, vectors, strict=True)
-        ]
+        rows = [(int(i), space, self._encode(space, v)) for i, v in zip(ids, vectors, strict=True)]
         with self._lock, self._db.transaction(), self._db.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO vectors (image_id, space, data) VALUES (%s, %s, %s) "
@@ -389,6 +479,22 @@ class PostgresCatalogue:
             self._db.execute(
                 "UPDATE images SET metadata = %s WHERE id = %s", (json.dumps(metadata), image_id)
             )
+
+    def set_info(self, rows: Sequence[tuple[int, dict]]) -> None:
+        sets = ", ".join(f"{name} = %s" for name in INFO_COLUMNS)
+        with self._lock, self._db.transaction(), self._db.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE images SET {sets} WHERE id = %s",
+                [(*info_row(info), int(image_id)) for image_id, info in rows],
+            )
+
+    def rename_files(self, moves: Sequence[tuple[str, str, FileState]]) -> None:
+        with self._lock, self._db.transaction():
+            for old, new, state in moves:
+                self._db.execute(
+                    "UPDATE files SET path = %s, size = %s, mtime_ns = %s WHERE path = %s",
+                    (path_to_store(new), state.size, state.mtime_ns, path_to_store(old)),
+                )
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

@@ -27,16 +27,26 @@ from typing import Any
 import numpy as np
 
 from lookalike.store.base import (
+    INFO_COLUMNS,
     CatalogueError,
     FileState,
     ImageRecord,
     NewImage,
+    info_of,
+    info_row,
     path_from_store,
     path_to_store,
     text_to_store,
 )
+from lookalike.store.encoding import check_encoding, decode_vectors, encode_vector, stats_of
+from lookalike.store.query import SQLITE, Condition, refine, selection_sql
 
 SCHEMA_VERSION = 1
+#: Page size of new catalogue files. Rows of compact vectors (about 1-2.5 KB) waste a third of
+#: a 4 KB page when two do not fit in it; 16 KB pages hold them with a few % left over.
+PAGE_SIZE = 16384
+#: A stored blob in format 1's float32 (its length a multiple of 4; ``store.encoding``).
+_FLOAT32 = "length(data) % 4 = 0"
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,6 +83,32 @@ INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 
 # version -> SQL that upgrades the schema from version-1 to version.
 _MIGRATIONS: dict[int, str] = {}
+#: Columns added to the schema without a version (what a file's header says of its image:
+#: ``ingest.exif``), with their indexes. Added to an older file when it is opened, inside one
+#: transaction; an older lookalike ignores them. Images whose ``taken_source`` is NULL have
+#: not had their header read yet (``ids_without_info``: the one-off pass of older collections).
+ADDED_COLUMNS = (
+    ("images", "taken_at", "REAL"),
+    ("images", "taken_offset", "INTEGER"),
+    ("images", "taken_source", "TEXT"),
+    ("images", "lat", "REAL"),
+    ("images", "lon", "REAL"),
+    ("images", "camera_make", "TEXT"),
+    ("images", "camera_model", "TEXT"),
+    ("images", "lens", "TEXT"),
+)
+
+
+def index_name(statement: str) -> str:
+    """The name of the index a ``CREATE INDEX IF NOT EXISTS name ON ...`` statement makes."""
+    return statement.split()[5]
+
+
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS images_by_taken ON images(taken_at)",
+    "CREATE INDEX IF NOT EXISTS images_by_lat ON images(lat)",
+    "CREATE INDEX IF NOT EXISTS images_by_camera_model ON images(LOWER(camera_model))",
+)
 #: The tables of the schema, in the order :func:`salvage` copies them.
 TABLES = ("meta", "images", "files", "vectors", "skipped")
 
@@ -138,6 +174,8 @@ class SQLiteCatalogue:
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
         self._lock = threading.RLock()
+        #: space -> encoding of the vectors written (``store.encoding``); float32 by default.
+        self.encodings: dict[str, str] = {}
         if not create and self.path != ":memory:":
             size = os.stat(self.path).st_size if os.path.exists(self.path) else None
             if not size:
@@ -154,9 +192,11 @@ class SQLiteCatalogue:
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             if self.path != ":memory:":
+                self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # new files only
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(create)
+            self._add_columns()
         except sqlite3.Error as exc:
             self._db.close()
             raise (_failure(self.path, exc) or exc) from exc
@@ -205,6 +245,39 @@ class SQLiteCatalogue:
                     self._db.execute("ROLLBACK")
                 raise
 
+    def _add_columns(self) -> None:
+        """Add the :data:`ADDED_COLUMNS` (and indexes) an older file lacks, in one transaction
+        that looks again, so two processes opening it do not both add them."""
+        with self._lock:
+            if not self._schema_behind():
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                present = self._present_columns()
+                for table, name, kind in ADDED_COLUMNS:
+                    if name not in present[table]:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                for statement in ADDED_INDEXES:
+                    self._db.execute(statement)
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _present_columns(self) -> dict[str, set[str]]:
+        return {
+            table: {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for table in {t for t, _, _ in ADDED_COLUMNS}
+        }
+
+    def _schema_behind(self) -> bool:
+        present = self._present_columns()
+        if any(name not in present[table] for table, name, _ in ADDED_COLUMNS):
+            return True
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        return not all(index_name(statement) in names for statement in ADDED_INDEXES)
+
     def schema_version(self) -> int:
         """The schema version of the open file."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -222,6 +295,14 @@ class SQLiteCatalogue:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return int(row[0])
+
+    def change_stamp(self) -> tuple[int, int]:
+        """A value that changes whenever the file is written, by this connection or any other
+        (``PRAGMA data_version`` and the connection's change count): what a cache of query
+        results is checked against (``collection.search``'s selections)."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            return int(version), int(self._db.total_changes)
 
     def file_states(self) -> dict[str, tuple[FileState, int]]:
         with self._lock:
@@ -247,8 +328,8 @@ class SQLiteCatalogue:
         marks = ",".join("?" * len(ids))
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, content_hash, width, height, bytes, metadata FROM images "
-                f"WHERE id IN ({marks})",
+                "SELECT id, content_hash, width, height, bytes, metadata, "
+                f"{', '.join(INFO_COLUMNS)} FROM images WHERE id IN ({marks})",
                 ids,
             ).fetchall()
             paths: dict[int, list[str]] = {}
@@ -265,10 +346,28 @@ class SQLiteCatalogue:
                 height=r[3],
                 bytes=r[4],
                 metadata=json.loads(r[5]),
+                info=info_of(r[6:]),
             )
             for r in rows
         }
         return [by_id.get(i) for i in ids]
+
+    def select_ids(self, conditions: Sequence[Condition]) -> np.ndarray:
+        sql, params, near = selection_sql(conditions, SQLITE)
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        ids = refine(rows, near) if near else [r[0] for r in rows]
+        return np.unique(np.asarray(ids, dtype=np.int64))
+
+    def ids_without_info(self, limit: int, after: int = 0) -> list[tuple[int, str, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT images.id, MIN(files.path), files.mtime_ns FROM images JOIN files "
+                "ON files.image_id = images.id WHERE images.taken_source IS NULL AND images.id > ? "
+                "GROUP BY images.id ORDER BY images.id LIMIT ?",
+                (int(after), int(limit)),
+            ).fetchall()
+        return [(int(i), path_from_store(p), int(m)) for i, p, m in rows]
 
     def vectors(self, space: str, ids: Sequence[int]) -> np.ndarray:
         ids = [int(i) for i in ids]
@@ -283,7 +382,7 @@ class SQLiteCatalogue:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"no {space!r} vector for images {missing[:5]}")
-        return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
+        return decode_vectors([rows[i] for i in ids])
 
     def iter_vectors(
         self, space: str, batch: int = 10_000
@@ -299,7 +398,7 @@ class SQLiteCatalogue:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            vectors = decode_vectors([r[1] for r in rows])
             last = int(ids[-1])
             yield ids, vectors
 
@@ -324,6 +423,87 @@ class SQLiteCatalogue:
             rows = self._db.execute("SELECT space, COUNT(*) FROM vectors GROUP BY space").fetchall()
         return {str(space): int(n) for space, n in rows}
 
+    # -- how vectors are stored (``store.encoding``) ----------------------------------------
+    def set_encoding(self, space: str, encoding: str) -> None:
+        """Write the vectors of ``space`` in ``encoding`` from now on (stored ones stay as they
+        are until :meth:`reencode`; every blob says how it was written)."""
+        self.encodings[space] = check_encoding(encoding)
+
+    def _encode(self, space: str, vector: np.ndarray) -> bytes:
+        return encode_vector(vector, self.encodings.get(space, "float32"))
+
+    def vector_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """space -> encoding -> ``{"vectors", "bytes"}``: how the stored vectors are written
+        and how many bytes their blobs take (``float32``: format 1's)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT space, CASE WHEN {_FLOAT32} THEN 'float32' ELSE hex(substr(data, 1, 1)) "
+                "END, COUNT(*), SUM(length(data)) FROM vectors GROUP BY 1, 2"
+            ).fetchall()
+        return stats_of(rows)
+
+    def reencode(
+        self,
+        space: str,
+        batch: int = 2000,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Rewrite the float32 vectors of format 1 in ``space`` in the space's encoding
+        (:meth:`set_encoding`), ``batch`` rows a transaction; returns how many were rewritten.
+        The vectors stay the same to the encoding's precision, so the generation stays: a
+        killed run leaves each row in one form or the other, and the next run goes on."""
+        encoding = self.encodings.get(space, "float32")
+        if encoding == "float32":
+            return 0
+        with self._lock:
+            total = self._db.execute(
+                f"SELECT COUNT(*) FROM vectors WHERE space = ? AND {_FLOAT32}", (space,)
+            ).fetchone()[0]
+        done, last = 0, -1
+        while done < total:
+            with self._transaction() as db:
+                rows = db.execute(
+                    f"SELECT image_id, data FROM vectors WHERE space = ? AND image_id > ? AND "
+                    f"{_FLOAT32} ORDER BY image_id LIMIT ?",
+                    (space, last, batch),
+                ).fetchall()
+                if not rows:
+                    break
+                vectors = decode_vectors([r[1] for r in rows])
+                db.executemany(
+                    "UPDATE vectors SET data = ? WHERE space = ? AND image_id = ?",
+                    [
+                        (encode_vector(v, encoding), space, r[0])
+                        for r, v in zip(rows, vectors, strict=True)
+                    ],
+                )
+            done += len(rows)
+            last = int(rows[-1][0])
+            if progress:
+                progress(min(done, total), total)
+        return done
+
+    def compact(self) -> None:
+        """Give the space of rewritten rows back to the file system (``VACUUM``), with the
+        page size of new files (:data:`PAGE_SIZE`) when no other process has the file open."""
+        with self._lock:
+            if self.path == ":memory:":
+                return
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            resized = False
+            if page < PAGE_SIZE:
+                mode = self._db.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+                if str(mode).lower() == "delete":  # no other connection: the size can change
+                    try:
+                        self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                        self._db.execute("VACUUM")
+                        resized = True
+                    finally:
+                        self._db.execute("PRAGMA journal_mode = WAL")
+            if not resized:
+                self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- writes ---------------------------------------------------------------------------
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
         ids = []
@@ -331,8 +511,9 @@ class SQLiteCatalogue:
         with self._transaction() as db:
             for image in images:
                 cursor = db.execute(
-                    "INSERT INTO images (content_hash, width, height, bytes, metadata, added_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO images (content_hash, width, height, bytes, metadata, added_at, "
+                    f"{', '.join(INFO_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, "
+                    f"{', '.join('?' * len(INFO_COLUMNS))})",
                     (
                         image.content_hash,
                         image.width,
@@ -340,6 +521,7 @@ class SQLiteCatalogue:
                         image.state.size,
                         json.dumps(image.metadata),
                         now,
+                        *info_row(image.info),
                     ),
                 )
                 image_id = int(cursor.lastrowid)
@@ -353,7 +535,7 @@ class SQLiteCatalogue:
                 db.executemany(
                     "INSERT INTO vectors (image_id, space, data) VALUES (?, ?, ?)",
                     [
-                        (image_id, space, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                        (image_id, space, self._encode(space, v))
                         for space, v in image.vectors.items()
                     ],
                 )
@@ -365,7 +547,7 @@ class SQLiteCatalogue:
             db.executemany(
                 "INSERT OR REPLACE INTO vectors (image_id, space, data) VALUES (?, ?, ?)",
                 [
-                    (int(i), space, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                    (int(i), space, self._encode(space, v))
                     for i, v in zip(ids, vectors, strict=True)
                 ],
             )
@@ -433,6 +615,22 @@ class SQLiteCatalogue:
             db.execute(
                 "UPDATE images SET metadata = ? WHERE id = ?", (json.dumps(metadata), image_id)
             )
+
+    def set_info(self, rows: Sequence[tuple[int, dict]]) -> None:
+        sets = ", ".join(f"{name} = ?" for name in INFO_COLUMNS)
+        with self._transaction() as db:
+            db.executemany(
+                f"UPDATE images SET {sets} WHERE id = ?",
+                [(*info_row(info), int(image_id)) for image_id, info in rows],
+            )
+
+    def rename_files(self, moves: Sequence[tuple[str, str, FileState]]) -> None:
+        with self._transaction() as db:
+            for old, new, state in moves:
+                db.execute(
+                    "UPDATE files SET path = ?, size = ?, mtime_ns = ? WHERE path = ?",
+                    (path_to_store(new), state.size, state.mtime_ns, path_to_store(old)),
+                )
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { key: localStorage.getItem("lookalike-key") || "", catalog: "", query: null,
-  region: null, current: null };
+  region: null, current: null, filters: [] };
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -180,6 +180,8 @@ async function search() {
     say("Drop an image, type a text or the words written in it.", true);
     return;
   }
+  const where = whereOf(state.filters);
+  if (where) form.append("where", JSON.stringify(where));
   say("Searching…");
   try {
     const started = performance.now();
@@ -188,6 +190,72 @@ async function search() {
     say(`${results.length} result${results.length === 1 ? "" : "s"} in ${Math.round(performance.now() - started)} ms.`);
   } catch (error) {
     say(error.message, true);
+  }
+}
+
+// -- filters as removable chips (the search's exact "where") ---------------------------------
+const FILTER_HINTS = { taken_after: "2024-05-01", taken_before: "2025", near: "48.85,2.35,10",
+  camera: "canon", where: "sku=A-12" };
+const FILTER_NAMES = { taken_after: "after", taken_before: "before", near: "near", camera: "camera", where: "" };
+
+function whereOf(filters) {
+  if (!filters.length) return null;
+  const where = {};
+  for (const { kind, value } of filters) {
+    if (kind === "where") (where.where = where.where || []).push(value);
+    else where[kind] = value;
+  }
+  return where;
+}
+
+function addFilter(kind, value) {
+  if (!value) return;
+  state.filters = state.filters.filter((f) => f.kind === "where" || f.kind !== kind);
+  state.filters.push({ kind, value });
+  showChips();
+}
+
+function showChips() {
+  $("chips").replaceChildren(...state.filters.map((filter, i) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip";
+    chip.title = "Remove this filter";
+    chip.textContent = `${FILTER_NAMES[filter.kind]} ${filter.value} ×`.trim();
+    chip.addEventListener("click", () => {
+      state.filters.splice(i, 1);
+      showChips();
+      if (state.query || $("text").value.trim()) search();
+    });
+    return chip;
+  }));
+}
+
+// What a result's file header says, for its card and its details.
+const takenText = (item) => (item.taken ? item.taken.slice(0, 16).replace("T", " ") : "");
+const placeText = (item) => (item.gps ? `${item.gps[0].toFixed(4)}, ${item.gps[1].toFixed(4)}` : "");
+
+async function similar() {
+  const item = state.current;
+  const where = whereOf(state.filters);
+  const query = new URLSearchParams({ k: $("k").value || "12" });
+  if (where) query.set("where", JSON.stringify(where));
+  $("details").close();
+  say("Looking for more like it…");
+  const { results } = await apiJson(`/catalogs/${state.catalog}/images/${item.id}/similar?${query}`);
+  await showGrid(results, true);
+  say(`${results.length} image${results.length === 1 ? "" : "s"} like #${item.id}.`);
+}
+
+async function compare() {
+  const item = state.current;
+  if (!state.query) { say("Pick a query image first to compare with.", true); return; }
+  const shown = !$("compare").hidden;
+  $("compare").hidden = shown;
+  $("detail-image").hidden = !shown;
+  if (!shown) {
+    $("compare-query").src = URL.createObjectURL(state.query);
+    $("compare-result").src = await imageUrl(item.original);
   }
 }
 
@@ -224,6 +292,13 @@ function makeCard(item, withScore, badge = "") {
   name.title = name.textContent;
   name.className = "name muted";
   caption.append(name);
+  if (item.taken || item.gps) {
+    const when = document.createElement("span");
+    when.className = "taken muted small";
+    when.textContent = [takenText(item), item.gps ? "⌖" : ""].filter(Boolean).join(" ");
+    when.title = [item.taken, placeText(item), item.camera].filter(Boolean).join(" · ");
+    caption.append(when);
+  }
   if (item.words && item.words.length) {
     const seen = document.createElement("span");
     seen.className = "words muted small";
@@ -339,12 +414,19 @@ async function openDetails(item) {
   $("detail-image").src = "";
   const rows = [["id", item.id], ["size", `${item.width} × ${item.height}`]];
   if (item.score !== undefined) rows.push(["score", item.score.toFixed(4)]);
+  if (item.taken) rows.push(["taken", `${takenText(item)}${item.taken_from === "mtime" ? " (file time)" : ""}`]);
+  if (item.gps) rows.push(["place", placeText(item)]);
+  if (item.camera) rows.push(["camera", item.camera]);
+  if (item.lens) rows.push(["lens", item.lens]);
   for (const [key, value] of Object.entries(item.metadata)) rows.push([key, typeof value === "string" ? value : JSON.stringify(value)]);
   $("detail-meta").replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = k; dd.textContent = v;
     return [dt, dd];
   }));
+  $("compare").hidden = true;
+  $("detail-image").hidden = false;
+  $("detail-compare").hidden = !state.query;
   $("details").showModal();
   $("detail-image").src = await imageUrl(item.original);
 }
@@ -399,6 +481,15 @@ function wire() {
   $("text-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
   $("clear-box").addEventListener("click", () => { state.region = null; $("box").hidden = true; search(); });
   $("detail-delete").addEventListener("click", deleteCurrent);
+  $("detail-similar").addEventListener("click", run(similar));
+  $("detail-compare").addEventListener("click", run(compare));
+  $("filter-kind").addEventListener("change", () => { $("filter-value").placeholder = FILTER_HINTS[$("filter-kind").value]; });
+  $("filter-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    addFilter($("filter-kind").value, $("filter-value").value.trim());
+    $("filter-value").value = "";
+    if (state.query || $("text").value.trim()) search();
+  });
   $("detail-search").addEventListener("click", run(searchWithCurrent));
   const drop = $("drop");
   drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
