@@ -21,6 +21,8 @@ from typer.core import TyperCommand
 
 #: Modules with a ``register(app)`` function, in the order their commands are listed.
 COMMANDS = (
+    "lookalike.cli.indexing",
+    "lookalike.cli.search",
     "lookalike.cli.core",
     "lookalike.cli.check",
     "lookalike.cli.watch",
