@@ -730,7 +730,7 @@ def profile(collection_dir: Path, queries: list[bytes], users: int) -> dict:
     pipeline from ``users`` threads at once; and the cost of reloading the index."""
     from lookalike import Collection
     from lookalike.images import decode
-    from lookalike.server.catalogs import hit_json
+    from lookalike.server.shapes import hit_json
 
     col = Collection.open(collection_dir)
     col.search(queries[0], k=10)  # load the model and the index
