@@ -123,11 +123,19 @@ def test_inverted_index_is_exact_on_what_it_keeps(tmp_path) -> None:
 
     index.save(tmp_path / "t.faiss")
     loaded = load_index("inverted", tmp_path / "t.faiss")
-    assert isinstance(loaded._positions, np.memmap)  # memory-mapped, not read into RAM
+    memory = loaded.memory()  # the lists stay in the file, read as queries need them
+    assert memory["resident"] < 2 * 3000 and memory["mapped"] > 6 * 3000 * 12
     assert len(loaded) == len(index)
     assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
-    loaded.remove(ids[:10])  # a mapped index can still change (copy on write)
+    stamp = (tmp_path / "t.faiss").stat().st_mtime_ns
+    loaded.save(tmp_path / "t.faiss")  # unchanged: the file already holds it
+    assert (tmp_path / "t.faiss").stat().st_mtime_ns == stamp
+    loaded.remove(ids[:10])  # an index read from its file can still change
     assert len(loaded) == len(index) - 10
+    loaded.save(tmp_path / "t.faiss")  # while its lists are read from the file it replaces
+    again = load_index("inverted", tmp_path / "t.faiss")
+    assert len(again) == len(index) - 10
+    assert np.array_equal(again.search(queries, 5)[1], loaded.search(queries, 5)[1])
 
 
 def test_auto_over_a_sparse_space_is_inverted(tmp_path) -> None:

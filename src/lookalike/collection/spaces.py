@@ -260,7 +260,8 @@ class Spaces:
             index = self.index(space)
             memory = memory_of(index)
             ram_total += memory["resident"]
-            chosen = getattr(index, "params", {}).get("kind") or getattr(index, "kind", "")
+            held = index.inner if isinstance(index, ProjectedIndex) else index
+            chosen = getattr(held, "params", {}).get("kind") or getattr(index, "kind", "")
             out["spaces"][space] = {
                 "encoding": spec.get("encoding", "float32"),
                 "stored_as": {name: e["vectors"] for name, e in stored.items()},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from lookalike.collection.manifest import (
     TEXT_SPACE,
     has_text_side,
     joint_text,
+    sparse_top,
     text_space_spec,
 )
 from lookalike.collection.results import SearchResult
@@ -40,6 +42,11 @@ from lookalike.fileio import write_json
 NEAR_SIMILARITY = 0.595
 #: Classes shown per term by :meth:`TextSearch.understand`.
 EXPLAIN_CLASSES = 5
+#: A text search over the sparse text space re-scores this many candidates per result wanted
+#: (at least RESCORE_MIN) exactly from their stored descriptors (docs/benchmarks.md, section
+#: ``compact``: recall@10 against the dense float32 text space of format 1).
+RESCORE = 10
+RESCORE_MIN = 100
 
 
 class TextSearch:
@@ -129,7 +136,13 @@ class TextSearch:
             return self.search_vectors(query, k, expand=0, where=allowed)[0]
         spec = self.spaces().get(TEXT_SPACE)
         if spec is not None and spec.get("version") == self.text_model.version:
-            return self.search_vectors(query, k, space=TEXT_SPACE, where=allowed)[0]
+            if sparse_top(spec) is None:  # format 1: the text space holds every class
+                return self.search_vectors(query, k, space=TEXT_SPACE, where=allowed)[0]
+            # Each image's largest class scores find the candidates; their stored descriptors
+            # (which hold every class probability) give the exact scores.
+            wanted = max(RESCORE * k, RESCORE_MIN)
+            hits = self.search_vectors(query, wanted, space=TEXT_SPACE, where=allowed)[0]
+            return self._rescored(hits, query[0], k)
         # An older collection: derive text vectors from the stored descriptors on the fly.
         best_ids, best_scores = [], []
         for ids, vectors in self.catalogue.iter_vectors(IMAGE_SPACE):
@@ -146,6 +159,20 @@ class TextSearch:
         ids, scores = np.concatenate(best_ids), np.concatenate(best_scores)
         order = np.argsort(-scores, kind="stable")[:k]
         return self._results(ids[order], scores[order])
+
+    def _rescored(self, hits: list[SearchResult], query: np.ndarray, k: int) -> list[SearchResult]:
+        """The ``k`` best of ``hits`` by their exact text-space scores, from their stored
+        descriptors (all 1000 class probabilities, where the sparse text space keeps the
+        largest)."""
+        if not hits:
+            return []
+        ids = [h.id for h in hits]
+        stored = np.concatenate(
+            [self.catalogue.vectors(IMAGE_SPACE, ids[i : i + 900]) for i in range(0, len(ids), 900)]
+        )
+        scores = self._text_vectors_of(stored) @ query
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [replace(hits[i], score=float(scores[i])) for i in order]
 
     def understand(
         self,

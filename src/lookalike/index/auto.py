@@ -244,11 +244,8 @@ def memory_of(index: object) -> dict[str, int]:
             else:
                 out["resident"] += codes
         return out
-    if hasattr(index, "nbytes") and hasattr(index, "entries"):  # inverted
-        for name in ("_ids", "_alive", "_offsets", "_positions", "_values"):
-            count(getattr(index, name, None))
-        out["resident"] += 14 * int(getattr(index, "_pending_entries", 0))
-        return out
+    if hasattr(index, "memory"):  # a kind that says it (inverted)
+        return dict(index.memory())
     raw = getattr(index, "index", None)
     if isinstance(raw, faiss.Index):  # flat: its vectors and the id map
         out["resident"] += int(raw.ntotal) * (index.dim * 4 + 8) + _structure_bytes(raw, 0)

@@ -6,7 +6,11 @@ class probabilities, of which the catalogue keeps the largest (``store.encoding`
 classes only, and adds each list's weights into one score per vector (``np.bincount``). A
 flat 1000-d float32 matrix costs 4 KB a vector in RAM and reads all of it for every query;
 the lists cost 6 bytes an entry on disk (int32 position, float16 value), memory-mapped, and a
-query reads a few % of them (docs/benchmarks.md, section ``compact``).
+query reads a few % of them (docs/benchmarks.md, section ``compact``). The lists are read
+from their file with ``pread`` as a query needs them, not memory-mapped: a mapping would count
+every list a search has ever touched in the process's RSS (the whole file, at 1M images, once
+the queries have covered the vocabulary), where reading them leaves the pages in the OS cache
+only.
 
 Layout: vectors have positions 0..n-1; ``ids`` maps a position to the catalogue's image id,
 ``alive`` marks positions in use (removing a vector clears its bit; re-adding an id moves it
@@ -16,7 +20,7 @@ were last built wait in a pending part, scored entry by entry, and are merged (a
 sort of every entry by class, O(entries)) when they are as many as the lists (so that adding
 costs O(entries) in all), before a search once they are an eighth of them, when dead
 positions are a quarter of all, and before saving. Saved as one file: a JSON header and the
-arrays, each aligned so that loading memory-maps it.
+arrays, each aligned; loading maps the ids and tombstones and reads the lists on demand.
 
 Scores are exact for the stored entries; a vector's entries beyond ``top`` (the largest
 kept) count as 0, as they do in the catalogue. A query with more than ``2 * top`` non-zero
@@ -33,6 +37,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +82,8 @@ class InvertedIndex:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows, cols, vals
         self._pending_entries = 0
         self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (size, argsort, sorted)
+        self._changes = 0  # bumped by every change
+        self._saved: tuple[str, int] | None = None  # (file, changes) last written or read
 
     # -- the VectorIndex protocol ---------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -92,6 +100,7 @@ class InvertedIndex:
         self._pending.append((rows.astype(np.int64) + start, cols, vals))
         self._pending_entries += len(cols)
         self._order = None
+        self._changes += 1
         if self._pending_entries > max(MERGE_MIN, len(self._positions)):  # doubling: O(n)
             self._merge()
 
@@ -104,6 +113,7 @@ class InvertedIndex:
             self._alive = np.array(self._alive)
         self._alive[positions] = False
         self._dead += len(positions)
+        self._changes += 1
         if self._dead > REBUILD_DEAD * len(self._ids):
             self._merge()
 
@@ -142,18 +152,22 @@ class InvertedIndex:
         return len(self._ids) - self._dead
 
     def save(self, path: Path) -> None:
-        """Write the index to ``path`` atomically (one file, arrays memory-mappable)."""
+        """Write the index to ``path`` atomically (one file, arrays memory-mappable); nothing
+        to do when the file already holds it (read from or written to there, unchanged)."""
+        if self._saved == (str(path), self._changes):
+            return
         self._merge()
         arrays = {
-            "ids": self._ids,
-            "alive": self._alive.view(np.uint8),
-            "offsets": self._offsets,
-            "positions": self._positions,
-            "values": self._values,
+            "ids": np.asarray(self._ids),
+            "alive": np.asarray(self._alive).view(np.uint8),
+            "offsets": np.asarray(self._offsets),
+            "positions": np.asarray(self._positions),
+            "values": np.asarray(self._values),
         }
         header = {"kind": self.kind, "dim": self.dim, "top": self.top, "options": self.options}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(path, lambda tmp: _write(tmp, header, arrays))
+        self._saved = (str(path), self._changes)
 
     @classmethod
     def load(cls, path: Path) -> InvertedIndex:
@@ -164,9 +178,10 @@ class InvertedIndex:
         index._alive = arrays["alive"].view(np.bool_)
         index._dead = int(len(index._alive) - np.count_nonzero(index._alive))
         index._offsets = arrays["offsets"]
-        index._positions = arrays["positions"]
-        index._values = arrays["values"]
+        index._positions = _FileArray.of(path, arrays["positions"])
+        index._values = _FileArray.of(path, arrays["values"])
         index._merged = len(index._ids)
+        index._saved = (str(path), index._changes)
         if len(index._offsets) != index.dim + 1 or len(index._positions) != len(index._values):
             raise VectorIndexError(f"{path}: inconsistent inverted lists")
         return index
@@ -178,14 +193,18 @@ class InvertedIndex:
 
     def nbytes(self) -> int:
         """Bytes of its arrays (lists, ids, tombstones)."""
-        return int(
-            self._ids.nbytes
-            + self._alive.nbytes
-            + self._offsets.nbytes
-            + self._positions.nbytes
-            + self._values.nbytes
-            + 14 * self._pending_entries
-        )
+        return sum(self.memory().values())
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held in RAM (``resident``) and left in the file, read or paged in as searches
+        need them (``mapped``: the lists, read with ``pread``; the ids, memory-mapped)."""
+        out = {"resident": 14 * self._pending_entries, "mapped": 0}
+        for array in (self._ids, self._alive, self._offsets, self._positions, self._values):
+            on_disk = isinstance(array, (np.memmap, _FileArray)) or isinstance(
+                getattr(array, "base", None), np.memmap
+            )
+            out["mapped" if on_disk else "resident"] += int(array.nbytes)
+        return out
 
     def _scores(self, query: np.ndarray) -> np.ndarray:
         """Every position's inner product with ``query`` (float64, pending ones included)."""
@@ -254,6 +273,42 @@ class InvertedIndex:
         inside[inside] = sorted_ids[at[inside]] == ids[inside]
         positions = order[at[inside]]
         return np.sort(positions[self._alive[positions]])
+
+
+class _FileArray:
+    """A 1-d array left in its file: slices are read with ``pread`` (no mapping, so nothing
+    stays in the process's memory); ``np.asarray`` reads it whole."""
+
+    def __init__(self, path: Path, dtype: np.dtype, size: int, offset: int) -> None:
+        self.dtype, self.size, self.offset = np.dtype(dtype), int(size), int(offset)
+        self.nbytes = self.size * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
+
+    @classmethod
+    def of(cls, path: Path, mapped: np.ndarray) -> _FileArray | np.ndarray:
+        """The array ``_read`` mapped from ``path``, as a file array."""
+        if not isinstance(mapped, np.memmap):
+            return mapped
+        return cls(path, mapped.dtype, len(mapped), mapped.offset)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        start, stop, _ = item.indices(self.size)
+        count = max(stop - start, 0)
+        if count == 0:
+            return np.zeros(0, self.dtype)
+        width = self.dtype.itemsize
+        data = os.pread(self.fd, count * width, self.offset + start * width)
+        if len(data) != count * width:
+            raise VectorIndexError("an inverted index file was cut short while in use")
+        return np.frombuffer(data, self.dtype)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self[0 : self.size].copy()
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def _col_type(dim: int) -> type:
