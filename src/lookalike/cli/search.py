@@ -232,6 +232,8 @@ def search(
             validate.refuse("--exclude-self leaves out a query image; a text query has none")
     elif explain:
         validate.refuse("--explain says what a text query was understood as: it needs --text")
+    if mode == "copy" and expand:
+        validate.refuse("--mode copy compares the query itself: query expansion does not apply")
     box = validate.parse_region(region) if region is not None else None
     if box is not None:
         validate.note(box.describe())
@@ -322,6 +324,20 @@ def search(
                 try:
                     self_ids = _self_ids(col, image) if exclude_self else set()
                     vector = col.embed([query], mode)  # one failing must not sink the others
+                    if mode == "copy":  # scored by P(copy), verification folded in
+                        from lookalike.copies.scoring import search_copies
+
+                        hits = search_copies(
+                            col,
+                            query,
+                            k,
+                            vector=vector,
+                            verify=verify,
+                            where=allowed,
+                            exclude=sorted(self_ids),
+                        )
+                        report(str(image), hits)
+                        continue
                     hits = col.search_vectors(
                         vector, k + len(self_ids), space=mode, expand=expand, where=allowed
                     )[0]

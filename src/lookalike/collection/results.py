@@ -14,7 +14,8 @@ from lookalike.ingest.exif import taken_text
 
 @dataclass
 class SearchResult:
-    """One hit: the image id, its first file, cosine similarity, and what else is known."""
+    """One hit: the image id, its first file, its score (cosine similarity; P(copy) in a copy
+    search, the cosine then kept in ``cosine``), and what else is known."""
 
     id: int
     path: str
@@ -29,6 +30,12 @@ class SearchResult:
     verified: bool | None = None
     inliers: int | None = None
     region: tuple[int, int, int, int] | None = None
+    #: A copy search's raw cosine similarity, where ``score`` is P(copy) (copies.scoring).
+    cosine: float | None = None
+
+    def cosine_or_score(self) -> float:
+        """The raw cosine: ``cosine`` once a copy score replaced ``score``, else ``score``."""
+        return float(self.score if self.cosine is None else self.cosine)
 
     def to_dict(self) -> dict:
         """The JSON form: ``path``, ``score``, ``id`` (the public contract) and extras."""
@@ -42,6 +49,8 @@ class SearchResult:
             out["verified"] = bool(self.verified)
             out["inliers"] = int(self.inliers or 0)
             out["region"] = list(self.region) if self.region else None
+        if self.cosine is not None:
+            out["cosine"] = round(float(self.cosine), 6)
         return out
 
 

@@ -37,14 +37,15 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lookalike.copies.scoring import NORMALISER_SLACK, calibration_of, check
 from lookalike.copies.space import COPY_SPACE, incomplete, threshold_for
 from lookalike.errors import CollectionError
 from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
-from lookalike.keypoints.verify import Features, extract, verify
+from lookalike.keypoints.verify import Features, extract
 from lookalike.store import FileState
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ if TYPE_CHECKING:
 
 #: Candidates re-ranked by verification when ``top`` is not given.
 VERIFY_TOP = 10
+#: With verification, pairs from this P(copy) up are checked by keypoints (below it a pair is
+#: not worth the ~0.1 s a check costs: on the hard set's calibration split, no true copy
+#: below it reached the verified threshold).
+VERIFY_FLOOR = 0.2
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger("lookalike.copies")
@@ -102,21 +107,46 @@ class UnionFind:
 
 
 def near_pairs(
-    col: Collection, threshold: float, k: int, batch: int = 1024
-) -> dict[tuple[int, int], float]:
-    """(id_a, id_b) -> score for image pairs whose copy vectors are at least ``threshold``
-    similar, from each image's ``k`` nearest neighbours (memory O(N·k), never N×N)."""
+    col: Collection, threshold: float, k: int, batch: int = 1024, *, floor: float | None = None
+) -> dict[tuple[int, int], Pair]:
+    """(id_a, id_b) -> :class:`Pair` for the image pairs whose copy score P(copy)
+    (:mod:`lookalike.copies.scoring`: each image is a query, normalised by its own result #k)
+    is at least ``threshold`` (``floor`` when given: the candidates verification may raise),
+    from each image's ``k`` nearest neighbours (memory O(N·k), never N×N)."""
+    cal = calibration_of(col)
     index = col.index(COPY_SPACE)
-    pairs: dict[tuple[int, int], float] = {}
+    depth = max(k, cal.rank + NORMALISER_SLACK) + 1  # +1: an image finds itself first
+    least = threshold if floor is None else min(floor, threshold)
+    pairs: dict[tuple[int, int], Pair] = {}
     for ids, vectors in col.catalogue.iter_vectors(COPY_SPACE, batch):
-        scores, found = index.search(vectors, k + 1)  # +1: an image finds itself first
+        scores, found = index.search(vectors, depth)
         for source, row_scores, row_ids in zip(ids, scores, found, strict=True):
-            for score, other in zip(row_scores, row_ids, strict=True):
-                if other < 0 or other == source or score < threshold:
+            keep = (row_ids >= 0) & (row_ids != source)
+            cosines, others = row_scores[keep], row_ids[keep]
+            kth = cal.kth(cosines)
+            for cosine, other, p in zip(
+                cosines[:k], others[:k], cal.probability(cosines[:k], kth), strict=True
+            ):
+                if p < least:
                     continue
                 key = (int(min(source, other)), int(max(source, other)))
-                pairs[key] = max(pairs.get(key, -1.0), float(score))
+                seen = pairs.get(key)
+                if seen is None or p > seen.score:
+                    pairs[key] = Pair(float(p), float(cosine), kth, int(source))
     return pairs
+
+
+@dataclass
+class Pair:
+    """A candidate pair of copies: its P(copy) ``score``, the raw ``cosine``, the normaliser
+    ``kth`` of the image it was seen from (``query``), and, once checked, keypoint evidence."""
+
+    score: float
+    cosine: float
+    kth: float
+    query: int
+    verified: bool | None = None
+    inliers: int = 0
 
 
 def duplicates(
@@ -130,9 +160,14 @@ def duplicates(
 ) -> list[DuplicateGroup]:
     """Groups of exact copies and near-duplicates in ``col``, largest group first.
 
-    ``threshold``: copy-space cosine similarity (default: the model's calibrated
-    :data:`COPY_THRESHOLDS`); ``k``: neighbours looked at per image; ``verify_pairs``: keep a
-    near pair only when keypoint matching confirms it (either way round). Without a copy space
+    Near duplicates are pairs whose copy score P(copy) (:mod:`lookalike.copies.scoring`, the
+    score a copy search gives) reaches ``threshold`` (default: the model's calibrated threshold,
+    90% precision on the hard set: :func:`~lookalike.copies.space.threshold_for`). A picture with
+    many look-alikes (a folder of dinosaur photos) is normalised by them and does not group
+    with them. ``k``: neighbours looked at per image. ``verify_pairs``: each candidate pair
+    (P(copy) of at least :data:`VERIFY_FLOOR`) is checked by keypoint matching both ways and
+    scored by the verified model, which then decides (its own calibrated threshold): groups hold
+    confirmed copies, and heavy crops the cosine alone misses can join. Without a copy space
     only exact copies are found (see :func:`how_to_add`). Images without a copy vector (an
     incomplete space) can only be exact copies; a warning on the ``lookalike`` logger says so
     and names the fix (:func:`~lookalike.copies.space.incomplete`). The stored decisions
@@ -141,13 +176,13 @@ def duplicates(
     files = col.catalogue.file_states()  # path -> (state, image id)
     mtime = {path: state.mtime_ns for path, (state, _) in files.items()}
     forest = UnionFind()
-    edges: dict[tuple[int, int], float] = {}
+    edges: dict[tuple[int, int], Pair] = {}
     if COPY_SPACE in col.spaces():
         problem = incomplete(col)
         if problem is not None:
             log.warning("%s", problem)
-        threshold = threshold_for(col) if threshold is None else threshold
-        edges = near_pairs(col, threshold, k)
+        threshold = threshold_for(col, verify_pairs) if threshold is None else threshold
+        edges = near_pairs(col, threshold, k, floor=VERIFY_FLOOR if verify_pairs else None)
     image_files: dict[int, list[str]] = {}
     for path, (_, image_id) in files.items():
         image_files.setdefault(image_id, []).append(path)
@@ -158,12 +193,12 @@ def duplicates(
         involved |= {i for i, paths in image_files.items() if len(paths) > 1}
         hashes = _hashes_of(col, involved)
         edges = {
-            (a, b): score
-            for (a, b), score in edges.items()
+            (a, b): pair
+            for (a, b), pair in edges.items()
             if not choices.distinct_pair(hashes.get(a, ""), hashes.get(b, ""))
         }
     if verify_pairs:
-        edges = _verified(col, edges, progress)
+        edges = _verified(col, edges, threshold, progress)
     for a, b in edges:
         forest.union(a, b)
     members: dict[int, list[int]] = {}
@@ -174,9 +209,9 @@ def duplicates(
         if exact or image_id in forest.parent:
             members.setdefault(forest.find(image_id), []).append(image_id)
     best_score: dict[int, float] = {}
-    for (a, b), score in edges.items():
-        best_score[a] = max(best_score.get(a, -1.0), score)
-        best_score[b] = max(best_score.get(b, -1.0), score)
+    for (a, b), pair in edges.items():
+        best_score[a] = max(best_score.get(a, -1.0), pair.score)
+        best_score[b] = max(best_score.get(b, -1.0), pair.score)
     groups = []
     for ids in members.values():
         records = {r.id: r for r in col.catalogue.images(ids) if r is not None}
@@ -374,8 +409,14 @@ def export(groups: Sequence[DuplicateGroup], decisions: list[dict], fmt: str) ->
 
 
 def _verified(
-    col: Collection, edges: dict[tuple[int, int], float], progress: Progress | None
-) -> dict[tuple[int, int], float]:
+    col: Collection,
+    edges: dict[tuple[int, int], Pair],
+    threshold: float,
+    progress: Progress | None,
+) -> dict[tuple[int, int], Pair]:
+    """The pairs whose verified copy score reaches ``threshold``: each is checked by keypoints
+    both ways (a crop verifies as query -> original only), the better way kept."""
+    cal = calibration_of(col)
     features: dict[int, Features | None] = {}
 
     def features_of(image_id: int) -> Features | None:
@@ -386,15 +427,21 @@ def _verified(
         return features[image_id]
 
     kept = {}
-    for done, ((a, b), score) in enumerate(sorted(edges.items()), 1):
-        fa, fb = features_of(a), features_of(b)
-        # A crop verifies as query -> candidate only; try both directions.
-        if (
-            fa is not None
-            and fb is not None
-            and (verify(fa, fb).verified or verify(fb, fa).verified)
-        ):
-            kept[(a, b)] = score
+    for done, ((a, b), pair) in enumerate(sorted(edges.items()), 1):
+        best = None
+        for query, candidate in ((a, b), (b, a)):
+            fq, fc = features_of(query), features_of(candidate)
+            if fq is None or fc is None:
+                continue
+            outcome = check(fq, fc)
+            score = cal.verified_probability(
+                pair.cosine, pair.kth, outcome.verified, outcome.inliers, outcome.area
+            )
+            if best is None or score > best[0]:
+                best = (score, outcome)
+        if best is not None and best[0] >= threshold:
+            score, outcome = best
+            kept[(a, b)] = replace(pair, score=score, verified=True, inliers=outcome.inliers)
         if progress:
             progress(done, len(edges))
     return kept

@@ -4,19 +4,16 @@ A collection can hold, beside its semantic descriptor, a *copy space*: one SSCD 
 (``lookalike.models.sscd``), which stays close under crops, overlays, recompression and colour
 edits. :func:`add_copy_space` computes it for a collection that lacks it (re-decoding the stored
 files); new images then get it at indexing time. ``Collection.search(query, space="copy")``
-searches it and ``verify=True`` (:mod:`lookalike.keypoints.rerank`) re-ranks the hits by keypoint
-matching (``keypoints.verify``), giving each one ``verified``, ``inliers`` and the ``region``
-of the candidate the query covers. :mod:`lookalike.copies.duplicates` groups copies.
+searches it, scored by P(copy) (:mod:`lookalike.copies.scoring`); ``verify=True`` checks the
+first hits by keypoint matching (``keypoints.verify``), folds the evidence into their score and
+gives each one ``verified``, ``inliers`` and the ``region`` of the candidate the query covers.
+:mod:`lookalike.copies.duplicates` groups copies.
 
-Thresholds (cosine similarity in the copy space) are calibrated by ``benchmarks/copies.py`` on a
-DISC21-style set (1000 references: 500 Corel-1k + 500 Tiny ImageNet distractors; 400 queries:
-200 AugLy edits of references, 200 edits of Corel images that are not indexed):
-:data:`COPY_THRESHOLDS` holds, per model, the score above which 90% of the predictions are true
-copies on that set. ``sscd-mobile``: 0.68 (90% precision, recall 0.78; µAP 0.91, recall@1 1.00,
-~32 images/s); ``sscd``: 0.60 (90% precision, recall 0.875; µAP 0.95, recall@1 1.00, ~7
-images/s on 2 busy cores). Meta gives 0.75 for ``sscd`` at 90% precision on DISC2021, whose
-negatives are harder; raise ``threshold`` for fewer false groups. ``sscd-mobile`` is the
-default: it meets the goals (µAP >= 0.90, recall@1 >= 0.95) at about 4.5x the speed.
+Scores: a copy search's score and the duplicates' threshold are the calibrated copy
+probability of :mod:`lookalike.copies.scoring` (self-normalised cosine, and keypoint evidence
+with ``verify``), fitted per model on the DISC21-hard set of ``benchmarks/copies_hard.py``;
+:func:`threshold_for` gives the score of 90% precision there (docs/benchmarks.md, sections
+``copies-hard`` and ``copies-scoring``).
 
 Without a copy space, :func:`duplicates` reports exact copies only and says how to add it
 (PDQ over re-decoded files would be as slow as adding the copy space, and catches less).
@@ -37,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lookalike.collection.manifest import COPY_SPACE, model_space_spec
+from lookalike.copies.scoring import calibration_of
 from lookalike.errors import CollectionError
 from lookalike.models import Embedder, load_embedder
 
@@ -46,19 +44,17 @@ if TYPE_CHECKING:
 __all__ = [
     "COPY_MODELS",
     "COPY_SPACE",
-    "COPY_THRESHOLDS",
     "DEFAULT_COPY_MODEL",
     "add_copy_space",
     "incomplete",
 ]
 
-#: The copy model of ``lookalike index --copy``; see docs/benchmarks.md (section copies).
-DEFAULT_COPY_MODEL = "sscd-mobile"
+#: The copy model of ``lookalike index --copy``: Meta's SSCD (int8, 288x288 squashed), the
+#: better on every tier of the hard set (docs/benchmarks.md, sections ``copies-hard`` and
+#: ``copies-scoring``: µAP 0.770 against 0.735, R@P90 with verification 0.782 against 0.708) at
+#: 1.6x the indexing time of ``sscd-mobile``, which stays available (``--copy-model``).
+DEFAULT_COPY_MODEL = "sscd"
 COPY_MODELS = ("sscd-mobile", "sscd")
-#: Cosine similarity in the copy space at or above which two images are called copies:
-#: 90% precision on the benchmark set (benchmarks/copies.py; recall 0.78 and 0.875).
-COPY_THRESHOLDS = {"sscd": 0.60, "sscd-mobile": 0.68}
-
 Progress = Callable[[int, int], None]
 
 
@@ -76,10 +72,12 @@ def copy_space_spec(embedder: Embedder) -> dict:
     return model_space_spec(embedder)
 
 
-def threshold_for(col: Collection) -> float:
-    """The calibrated copy threshold of the collection's copy model."""
-    model = col.spaces()[COPY_SPACE]["model"]
-    return COPY_THRESHOLDS.get(model, COPY_THRESHOLDS["sscd"])
+def threshold_for(col: Collection, verify: bool = False) -> float:
+    """The copy score (P(copy)) at or above which the collection's copy model calls two images
+    copies: 90% precision on the hard set's calibration split, with or without keypoint
+    verification (:data:`lookalike.copies.scoring.CALIBRATIONS`)."""
+    cal = calibration_of(col)
+    return cal.verified_threshold if verify else cal.threshold
 
 
 @dataclass
