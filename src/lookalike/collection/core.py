@@ -674,9 +674,12 @@ class Collection(Spaces, Searching, TextSearch):
             self.save_indexes()
             return len(doomed)
 
-    def add_copy_space(self, model: str | None = None, *, progress: Progress | None = None):
+    def add_copy_space(
+        self, model: str | None = None, *, progress: Progress | None = None, regions: bool = False
+    ):
         """Add (or complete) the copy-detection space by re-decoding the stored images' files;
-        returns a ``copies.CopySpaceReport`` (``missing``: files that are gone).
+        returns a ``copies.CopySpaceReport`` (``missing``: files that are gone). ``regions``:
+        also the region descriptors that find heavy crops (``copies.space.add_copy_space``).
 
         Example:
             >>> col.add_copy_space("sscd-mobile").embedded  # doctest: +SKIP
@@ -685,7 +688,7 @@ class Collection(Spaces, Searching, TextSearch):
         copies = capability("copies.space")
         if model is None:
             model = self.spaces().get(COPY_SPACE, {}).get("model", copies.DEFAULT_COPY_MODEL)
-        return copies.add_copy_space(self, model, progress=progress)
+        return copies.add_copy_space(self, model, progress=progress, regions=regions)
 
     def duplicates(self, threshold: float | None = None, k: int = 10, verify: bool = False):
         """Groups of exact and near-duplicate images (``copies.DuplicateGroup``), each with a

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.collection.filters import Where, conditions
-from lookalike.collection.manifest import IMAGE_SPACE
+from lookalike.collection.manifest import COPY_SPACE, IMAGE_SPACE
 from lookalike.collection.results import SearchResult
 from lookalike.descriptors import blas_on_one_thread, l2n, query_expansion
 from lookalike.errors import CollectionError
@@ -91,17 +91,24 @@ class Searching:
         verify: bool = False,
         where: Where = None,
     ) -> list[SearchResult]:
-        """The ``k`` images most similar to ``query``, best first (score = cosine similarity).
+        """The ``k`` images most similar to ``query``, best first (score = cosine similarity;
+        in the copy space, P(copy): :mod:`lookalike.copies.scoring`).
 
         ``query`` is a path, the bytes of an image file, a PIL image, or a vector. ``expand``:
         see :meth:`search_vectors`. ``space="copy"`` finds edited copies (see
-        :meth:`add_copy_space`); ``verify=True`` re-ranks the hits by keypoint matching and
-        fills their ``verified``, ``inliers`` and ``region`` (``lookalike.keypoints.rerank``).
+        :meth:`add_copy_space`), scored by the calibrated copy probability, the cosine kept in
+        each hit's ``cosine``; ``verify=True`` checks the hits by keypoint matching and fills
+        their ``verified``, ``inliers`` and ``region`` (in the copy space the first few, folded
+        into the score; in others every hit, re-ranked: ``lookalike.keypoints.rerank``).
         ``where``: only images that match this filter (:mod:`lookalike.collection.filters`),
         e.g. ``{"taken_after": "2021-05-01", "near": (48.85, 2.35, 10), "sku": "A-12"}``.
         """
         self.index(space)  # a missing space fails here, before the model is loaded
         allowed = self.ids_where(where)  # a filter that cannot be read fails before embedding
+        if space == COPY_SPACE:
+            _no_expansion(expand)
+            scoring = capability("copies.scoring")
+            return scoring.search_copies(self, query, k, verify=verify, where=allowed)
         results = self.search_vectors(
             self.embed([query], space), k, space=space, expand=expand, where=allowed
         )
@@ -121,6 +128,13 @@ class Searching:
         """:meth:`search` for several queries at once (one batch through the model)."""
         allowed = self.ids_where(where)
         vectors = self.embed(queries, space)
+        if space == COPY_SPACE:
+            _no_expansion(expand)
+            scoring = capability("copies.scoring")
+            return [
+                scoring.search_copies(self, q, k, vector=v, where=allowed)
+                for q, v in zip(queries, vectors, strict=True)
+            ]
         return self.search_vectors(vectors, k, space=space, expand=expand, where=allowed)
 
     def search_vectors(
@@ -181,6 +195,13 @@ class Searching:
             vector = self.catalogue.vectors(space, [int(image_id)])
         except KeyError:
             raise CollectionError(f"no image {image_id} in {self.path}") from None
+        if space == COPY_SPACE:
+            _no_expansion(expand)
+            scoring = capability("copies.scoring")
+            allowed = self.ids_where(where)
+            return scoring.search_copies(
+                self, None, k, vector=vector, where=allowed, exclude=[int(image_id)]
+            )
         return self.search_vectors(
             vector, k, space=space, expand=expand, where=where, exclude=[int(image_id)]
         )[0]
@@ -321,6 +342,12 @@ class Searching:
             for r, s in zip(records, scores[keep], strict=True)
             if r is not None
         ]
+
+
+def _no_expansion(expand: int | None) -> None:
+    """Copy search compares the query itself: query expansion would blur an edited copy."""
+    if expand:
+        raise CollectionError("the copy space is searched without query expansion: drop expand")
 
 
 def _without(

@@ -38,6 +38,7 @@ from PIL import Image, ImageOps
 from lookalike.collection.manifest import COPY_SPACE
 from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
 from lookalike.keypoints.verify import Features, extract, verify
+from lookalike.models.sscd import WINDOWS
 
 if TYPE_CHECKING:
     from lookalike.collection import Collection
@@ -47,6 +48,13 @@ if TYPE_CHECKING:
 INLIERS_CAP = 60
 #: Results looked at beyond ``Calibration.rank`` for the normaliser (sure copies are skipped).
 NORMALISER_SLACK = 10
+#: The spaces of the copy space's region descriptors (``add_copy_space(regions=True)``): one
+#: per window of each reference (``lookalike.models.sscd.Window``).
+REGION_SPACES = tuple(f"{COPY_SPACE}-window{j}" for j in range(WINDOWS))
+#: A match with a window of a reference counts this much below a whole-image match: the score
+#: is max(cos(query, image), cos(query, best window) - WINDOW_MARGIN) (δ of docs/benchmarks.md,
+#: section copies-hard, chosen on the calibration split).
+WINDOW_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -253,17 +261,32 @@ def search_copies(
     if vector is None:
         vector = col.embed([query], COPY_SPACE)
     vector = np.asarray(vector, np.float32).reshape(1, -1)
-    wanted = max(k, cal.rank + NORMALISER_SLACK) + len(exclude)
-    unfiltered = col.search_vectors(vector, wanted, space=COPY_SPACE, expand=0)[0]
-    others = [h for h in unfiltered if h.id not in set(exclude)]
+    wanted = max(k, cal.rank + NORMALISER_SLACK)
+    others = candidates(col, vector, wanted, exclude=exclude)
     kth = cal.kth([h.score for h in others])
-    if where is None:
-        hits = others[:k]
-    else:
-        hits = col.search_vectors(
-            vector, k, space=COPY_SPACE, expand=0, where=where, exclude=exclude
-        )[0]
+    hits = others[:k] if where is None else candidates(col, vector, k, where, exclude)
     hits = score_hits(hits, kth, cal)
     if verify and hits:
         hits = verify_hits(query, hits, kth, cal)
     return hits
+
+
+def candidates(
+    col: Collection,
+    vector: np.ndarray,
+    k: int,
+    where=None,
+    exclude: Sequence[int] = (),
+) -> list[SearchResult]:
+    """The ``k`` references most similar to a query's copy vector, by cosine; with region
+    descriptors, a reference's score is the better of its whole-image cosine and its best
+    window's less :data:`WINDOW_MARGIN`."""
+    found = {}
+    for space in (COPY_SPACE, *(s for s in REGION_SPACES if s in col.spaces())):
+        hits = col.search_vectors(vector, k, space=space, expand=0, where=where, exclude=exclude)[0]
+        for hit in hits:
+            if space != COPY_SPACE:
+                hit.score -= WINDOW_MARGIN
+            if hit.id not in found or hit.score > found[hit.id].score:
+                found[hit.id] = hit
+    return sorted(found.values(), key=lambda h: -h.score)[:k]

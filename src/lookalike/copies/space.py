@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lookalike.collection.manifest import COPY_SPACE, model_space_spec
-from lookalike.copies.scoring import calibration_of
+from lookalike.copies.scoring import REGION_SPACES, calibration_of
 from lookalike.errors import CollectionError
 from lookalike.models import Embedder, load_embedder
+from lookalike.models.sscd import window_model
 
 if TYPE_CHECKING:
     from lookalike.collection import Collection
@@ -45,8 +46,10 @@ __all__ = [
     "COPY_MODELS",
     "COPY_SPACE",
     "DEFAULT_COPY_MODEL",
+    "REGION_SPACES",
     "add_copy_space",
     "incomplete",
+    "region_spaces",
 ]
 
 #: The copy model of ``lookalike index --copy``: Meta's SSCD (int8, 288x288 squashed), the
@@ -98,18 +101,29 @@ class CopySpaceReport:
         }
 
 
+def region_spaces(col: Collection) -> list[str]:
+    """The region spaces of ``col``'s copy space (``copy-window0`` ...), empty without them."""
+    return [name for name in REGION_SPACES if name in col.spaces()]
+
+
 def add_copy_space(
     col: Collection,
     model: str = DEFAULT_COPY_MODEL,
     *,
     progress: Progress | None = None,
     batch_size: int = 32,
+    regions: bool = False,
 ) -> CopySpaceReport:
     """Give ``col`` a copy space computed by ``model`` for every stored image (re-decoding
     its files, ``Collection.complete_spaces``); images none of whose files can be read are
     reported in ``missing`` and stay out of the copy space. Idempotent: only images without a
     copy vector are embedded, so a killed run is resumed by calling it again (or by any
     indexing run).
+
+    ``regions``: also describe five windows of every image (the corners and the centre, 55% of
+    each side; :class:`lookalike.models.sscd.Window`), one space each (``copy-window0`` ...), so
+    that a copy keeping a corner of a picture is found (docs/benchmarks.md, section
+    ``copies-regions``): five more vectors per image, five times the copy space's work.
 
     Raises:
         CollectionError: the collection already has a copy space of another model.
@@ -126,9 +140,14 @@ def add_copy_space(
         # Recorded first: a run killed from here on leaves the space incomplete, which every
         # later indexing run (and `lookalike check --repair`) completes.
         col.add_space(COPY_SPACE, copy_space_spec(embedder), embedder)
+        if regions:
+            for j, name in enumerate(REGION_SPACES):
+                window = load_embedder(window_model(model, j))
+                col.add_space(name, copy_space_spec(window), window)
         done = col.complete_spaces(progress=progress, batch_size=batch_size)
-        if COPY_SPACE not in done.embedded:
-            col.rebuild_index(COPY_SPACE)  # nothing to add: the index still exists and is saved
+        for name in [COPY_SPACE, *(REGION_SPACES if regions else ())]:
+            if name not in done.embedded:
+                col.rebuild_index(name)  # nothing to add: the index still exists and is saved
     report.embedded = done.embedded.get(COPY_SPACE, 0)
     report.missing = done.missing
     report.seconds = time.perf_counter() - start

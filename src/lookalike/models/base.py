@@ -56,6 +56,12 @@ BUILTIN: dict[str, str] = {
     "dir": "lookalike.models.trained",
 }
 
+#: Embedders that are parts of another (the region windows of the copy space,
+#: ``lookalike.models.sscd.Window``): loaded by name like the others, never listed as models.
+PARTS: dict[str, str] = {
+    f"{m}-window{j}": "lookalike.models.sscd" for m in ("sscd", "sscd-mobile") for j in range(5)
+}
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -105,18 +111,19 @@ def register(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
 
 def available() -> list[str]:
     """The registered embedder names (built-in and registered at run time), sorted."""
-    return sorted(set(BUILTIN) | set(_REGISTRY))
+    return sorted((set(BUILTIN) | set(_REGISTRY)) - set(PARTS))
 
 
 def _factory(name: str) -> EmbedderFactory | None:
     """The factory registered as ``name``, importing its built-in module first if needed."""
-    if name not in _REGISTRY and name in BUILTIN:
+    module = BUILTIN.get(name) or PARTS.get(name)
+    if name not in _REGISTRY and module is not None:
         try:
-            importlib.import_module(BUILTIN[name])  # runs the module's register() calls
+            importlib.import_module(module)  # runs the module's register() calls
         except ImportError as exc:
             raise ModelError(f"model {name!r} cannot be imported: {exc}") from exc
         if name not in _REGISTRY:  # pragma: no cover - a wrong BUILTIN entry
-            raise ModelError(f"{BUILTIN[name]} does not register {name!r}")
+            raise ModelError(f"{module} does not register {name!r}")
     return _REGISTRY.get(name)
 
 

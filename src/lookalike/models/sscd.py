@@ -230,5 +230,59 @@ def _standardise(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+#: Region descriptors of the copy space: windows per image (the 4 corners and the centre) and
+#: each one's share of the width and the height (docs/benchmarks.md, section copies-hard).
+WINDOWS = 5
+WINDOW_SIDE = 0.55
+_shared: dict[tuple, SSCD] = {}
+_shared_lock = threading.Lock()
+
+
+def window_box(size: tuple[int, int], j: int, side: float = WINDOW_SIDE) -> tuple[int, ...]:
+    """Window ``j`` (0-3: the corners, 4: the centre) of an image of ``size``, each ``side``
+    of its width and height, as a PIL crop box."""
+    w, h = size
+    cw, ch = max(8, round(w * side)), max(8, round(h * side))
+    xs, ys = (0, w - cw, (w - cw) // 2), (0, h - ch, (h - ch) // 2)
+    a, b = ((0, 0), (1, 0), (0, 1), (1, 1), (2, 2))[j]
+    return (xs[a], ys[b], xs[a] + cw, ys[b] + ch)
+
+
+class Window:
+    """SSCD of one window of each image (:func:`window_box`): a region descriptor, so that a
+    copy cropped to a corner of a picture matches that corner's vector. The five windows of a
+    model share one loaded network.
+
+    Example:
+        >>> Window("sscd-mobile", 4).embed_images([image]).shape  # doctest: +SKIP
+        (1, 512)
+    """
+
+    def __init__(self, base: str, j: int, **options: object) -> None:
+        if not 0 <= j < WINDOWS:
+            raise ModelError(f"an SSCD window is 0-{WINDOWS - 1}, not {j}")
+        key = (base, tuple(sorted(options.items())))
+        with _shared_lock:
+            if key not in _shared:
+                _shared[key] = SSCD(base, **options)
+        self.base = _shared[key]
+        self.j = j
+        self.name = f"{base}-window{j}"
+        self.version = f"{self.base.version}/window{j}of{WINDOWS}@{WINDOW_SIDE}"
+        self.dim = self.base.dim
+        self.input_size = self.base.input_size
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        crops = [im.crop(window_box(im.size, self.j)) for im in images]
+        return self.base.embed_images(crops)
+
+
+def window_model(model: str, j: int) -> str:
+    """The registry name of window ``j`` of a packaged SSCD model."""
+    return f"{model}-window{j}"
+
+
 for _name in PACKAGED:
     register(_name)(lambda _n=_name, **kw: SSCD(_n, **kw))
+    for _j in range(WINDOWS):
+        register(window_model(_name, _j))(lambda _n=_name, _w=_j, **kw: Window(_n, _w, **kw))
