@@ -35,7 +35,8 @@ import copies_hard as ch
 import copies_hard_data as hd
 from _report import table, write_section
 
-from lookalike.copies.scoring import Calibration, calibration
+from lookalike.copies.scoring import WINDOW_MARGIN, Calibration, calibration
+from lookalike.models.sscd import WINDOW_SIDE, WINDOWS
 
 DEPTH = 3
 #: Results at or above this cosine are skipped when picking the normaliser: a picture with five
@@ -55,6 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--regions", action="store_true", help="also measure region descriptors (on a subset)"
+    )
+    parser.add_argument("--region-refs", type=int, default=1000, help="references of that subset")
     parser.add_argument(
         "--sure",
         type=float,
@@ -78,6 +83,39 @@ def main() -> None:
     fitted: dict[str, dict] = {}
     rows: list[tuple[str, dict]] = []
     operating: list[tuple[str, float, float, float]] = []
+
+    # region subset: every positive's original, then random distractors up to --region-refs
+    originals = sorted({int(t) for t in truth if t >= 0})
+    rest = np.setdiff1d(np.arange(len(ref_keys)), originals)
+    rng = np.random.default_rng(hd.SEED)
+    extra = rng.choice(rest, max(0, args.region_refs - len(originals)), replace=False)
+    sub = np.sort(np.concatenate([originals, extra])).astype(int)
+    remap = -np.ones(len(ref_keys), int)
+    remap[sub] = np.arange(len(sub))
+    sub_truth = np.where(truth >= 0, remap[np.maximum(truth, 0)], -1)
+    sub_data = {"queries": [dict(q, truth=int(t)) for q, t in zip(queries, sub_truth, strict=True)]}
+    ev_sub = ch.Evaluator(sub_data, test)
+    region_rows: list[tuple[str, dict]] = []
+
+    def regions(model: str, cal: Calibration, r: np.ndarray, q: np.ndarray) -> list:
+        """P(copy) on the region subset without and with the references' windows, scored as
+        ``lookalike.copies.scoring.candidates`` does."""
+        win = ch.region_vectors(vec, model, 288, True, [ref_keys[i] for i in sub], WINDOW_SIDE)
+        full = q[test] @ r[sub].T
+        best_window = np.max(np.stack([q[test] @ win[:, j].T for j in range(WINDOWS)]), 0)
+        out = []
+        for label, sc in (
+            ("P(copy)", full),
+            ("P(copy) + region descriptors", np.maximum(full, best_window - WINDOW_MARGIN)),
+        ):
+            ids_s, cos_s = ch.top_k(sc, ch.K + 20)
+            p = np.stack([cal.probability(c[: ch.K], cal.kth(c)) for c in cos_s])
+            order = np.argsort(-p, axis=1, kind="stable")
+            ids_k = np.take_along_axis(ids_s[:, : ch.K], order, 1)
+            m = ev_sub(ids_k, np.take_along_axis(p, order, 1))
+            out.append((f"{model}: {label}", m))
+            print("regions", model, label, fmt(m["uAP"]), fmt(m["R@P90"]), flush=True)
+        return out
 
     def one(model: str) -> None:
         """Fit and evaluate one model's calibration (appends to fitted, rows, operating)."""
@@ -184,6 +222,8 @@ def main() -> None:
         ):
             precision, recall = ch.operating_point(*resorted(test, p), truth[test], t)
             operating.append((f"{model}: {label}", t, precision, recall))
+        if args.regions:
+            region_rows.extend(regions(model, cal, r, q))
         shipped = calibration(model)
         print(model, json.dumps(fitted[model]), "shipped:", shipped, flush=True)
         for label, m in rows[-3:]:
@@ -229,6 +269,30 @@ def main() -> None:
             [[label, fmt(t), fmt(p), fmt(r)] for label, t, p, r in operating],
         ),
         "",
+        *(
+            [
+                f"Region descriptors (`index --copy --regions`: the 4 corner windows and the "
+                f"centre one of each reference, {WINDOW_SIDE:.0%} of each side, embedded like "
+                f"the whole image; score max(whole, best window − {WINDOW_MARGIN})), on a "
+                f"subset of {len(sub)} references (every positive's original and random "
+                "distractors) against the same test queries, without verification. Memory: "
+                f"{WINDOWS} more vectors per image; indexing: {WINDOWS + 1}x the copy space's "
+                "work.",
+                "",
+                table(
+                    ["method", "µAP", "recall@1", "R@P90"]
+                    + [f"{t} µAP / R@1 / R@P90" for t in ch.TIER_NAMES],
+                    [
+                        [label, fmt(m["uAP"]), fmt(m["recall@1"]), fmt(m["R@P90"])]
+                        + [ch.tier_cell(m[t]) for t in ch.TIER_NAMES]
+                        for label, m in region_rows
+                    ],
+                ),
+                "",
+            ]
+            if region_rows
+            else []
+        ),
         "Constants (`CALIBRATIONS` in `lookalike/copies/scoring.py`; plain: b, w_cos, w_norm; "
         "verified: b, w_cos, w_norm, w_verified, w_inliers, w_area):",
         "",

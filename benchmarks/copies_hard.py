@@ -397,7 +397,6 @@ def main() -> None:
         "--region-size", type=int, default=224, help="short side windows are embedded at"
     )
     parser.add_argument("--no-pdq", action="store_true")
-    parser.add_argument("--peers", action="store_true", help="run immaculate (small set)")
     parser.add_argument("--no-write", action="store_true", help="do not write the doc section")
     args = parser.parse_args()
     name = "small" if args.small else "full"

@@ -159,3 +159,25 @@ def test_region_descriptors_find_a_quarter_crop_as_a_copy(corel: dict, embedder)
     with Collection.open(corel["plain"], embedder=embedder) as col:
         for name in ("quarter-dino3.jpg", "quarter-dino8.jpg"):
             assert col.search(queries / name, k=5, space="copy")[0].score < threshold
+
+
+def test_verified_duplicates_hold_copies_not_other_shots_of_a_scene(
+    tmp_path: Path, embedder
+) -> None:
+    """Three photos of one church facade from different places match by keypoints, yet only
+    a re-encoded, cropped copy of one is grouped with it when duplicates are verified: a copy
+    lies wholly inside its original, another shot of the scene does not."""
+    root = shared_dataset("corel1k") / "buildings"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("228.jpg", "229.jpg", "230.jpg"):
+        shutil.copy(root / name, photos / name)
+    original = Image.open(root / "228.jpg").convert("RGB")
+    w, h = original.size
+    _jpeg(original.crop((w // 10, h // 10, w, h)), 40).save(photos / "228-reposted.jpg")
+    with Collection.create(tmp_path / "col", embedder=embedder, copy_model="sscd-mobile") as col:
+        col.sync([photos])
+        verified = col.duplicates(verify=True)
+    assert [sorted(Path(p).name for p in g.paths) for g in verified] == [
+        ["228-reposted.jpg", "228.jpg"]
+    ]

@@ -53,9 +53,9 @@ def duplicates_command(
         bool | None,
         typer.Option(
             "--verify/--no-verify",
-            help="Check near duplicates by keypoint matching, which then decides (heavy crops "
-            "can join, look-alikes cannot); the table says which were verified. [on with "
-            "--move-to: files are only moved for confirmed copies]",
+            help="Keep a near duplicate only when keypoint matching confirms it; the table "
+            "says which were verified. [on with --move-to: files are only moved for "
+            "confirmed copies]",
         ),
     ] = None,
     as_json: JsonOpt = False,

@@ -53,10 +53,10 @@ if TYPE_CHECKING:
 
 #: Candidates re-ranked by verification when ``top`` is not given.
 VERIFY_TOP = 10
-#: With verification, pairs from this P(copy) up are checked by keypoints (below it a pair is
-#: not worth the ~0.1 s a check costs: on the hard set's calibration split, no true copy
-#: below it reached the verified threshold).
-VERIFY_FLOOR = 0.2
+#: A verified pair is a copy when this share of one maps inside the other: edited copies,
+#: crops and overlays sit at 0.97-1.0; other shots of one scene (Corel's series: a facade from
+#: two places, a herd twice) at 0.3-0.95 (docs/benchmarks.md, section duplicates-lookalikes).
+CONTAINED = 0.97
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger("lookalike.copies")
@@ -107,16 +107,15 @@ class UnionFind:
 
 
 def near_pairs(
-    col: Collection, threshold: float, k: int, batch: int = 1024, *, floor: float | None = None
+    col: Collection, threshold: float, k: int, batch: int = 1024
 ) -> dict[tuple[int, int], Pair]:
     """(id_a, id_b) -> :class:`Pair` for the image pairs whose copy score P(copy)
     (:mod:`lookalike.copies.scoring`: each image is a query, normalised by its own result #k)
-    is at least ``threshold`` (``floor`` when given: the candidates verification may raise),
-    from each image's ``k`` nearest neighbours (memory O(N·k), never N×N)."""
+    is at least ``threshold``, from each image's ``k`` nearest neighbours (memory O(N·k),
+    never N×N)."""
     cal = calibration_of(col)
     index = col.index(COPY_SPACE)
     depth = max(k, cal.rank + NORMALISER_SLACK) + 1  # +1: an image finds itself first
-    least = threshold if floor is None else min(floor, threshold)
     pairs: dict[tuple[int, int], Pair] = {}
     for ids, vectors in col.catalogue.iter_vectors(COPY_SPACE, batch):
         scores, found = index.search(vectors, depth)
@@ -127,7 +126,7 @@ def near_pairs(
             for cosine, other, p in zip(
                 cosines[:k], others[:k], cal.probability(cosines[:k], kth), strict=True
             ):
-                if p < least:
+                if p < threshold:
                     continue
                 key = (int(min(source, other)), int(max(source, other)))
                 seen = pairs.get(key)
@@ -164,10 +163,12 @@ def duplicates(
     score a copy search gives) reaches ``threshold`` (default: the model's calibrated threshold,
     90% precision on the hard set: :func:`~lookalike.copies.space.threshold_for`). A picture with
     many look-alikes (a folder of dinosaur photos) is normalised by them and does not group
-    with them. ``k``: neighbours looked at per image. ``verify_pairs``: each candidate pair
-    (P(copy) of at least :data:`VERIFY_FLOOR`) is checked by keypoint matching both ways and
-    scored by the verified model, which then decides (its own calibrated threshold): groups hold
-    confirmed copies, and heavy crops the cosine alone misses can join. Without a copy space
+    with them. ``k``: neighbours looked at per image. ``verify_pairs``: each such pair is also
+    checked by keypoint matching (both ways) and kept only when confirmed as a copy (matched,
+    and one lying wholly inside the other: :data:`CONTAINED`), its score then the verified
+    model's. Verification confirms here, it never adds: photos of one scene (a facade shot
+    twice, a meadow in a burst) match by keypoints too, and groups must hold copies
+    (docs/benchmarks.md, section ``duplicates-lookalikes``). Without a copy space
     only exact copies are found (see :func:`how_to_add`). Images without a copy vector (an
     incomplete space) can only be exact copies; a warning on the ``lookalike`` logger says so
     and names the fix (:func:`~lookalike.copies.space.incomplete`). The stored decisions
@@ -181,8 +182,8 @@ def duplicates(
         problem = incomplete(col)
         if problem is not None:
             log.warning("%s", problem)
-        threshold = threshold_for(col, verify_pairs) if threshold is None else threshold
-        edges = near_pairs(col, threshold, k, floor=VERIFY_FLOOR if verify_pairs else None)
+        threshold = threshold_for(col) if threshold is None else threshold
+        edges = near_pairs(col, threshold, k)
     image_files: dict[int, list[str]] = {}
     for path, (_, image_id) in files.items():
         image_files.setdefault(image_id, []).append(path)
@@ -198,7 +199,7 @@ def duplicates(
             if not choices.distinct_pair(hashes.get(a, ""), hashes.get(b, ""))
         }
     if verify_pairs:
-        edges = _verified(col, edges, threshold, progress)
+        edges = _verified(col, edges, progress)
     for a, b in edges:
         forest.union(a, b)
     members: dict[int, list[int]] = {}
@@ -411,11 +412,11 @@ def export(groups: Sequence[DuplicateGroup], decisions: list[dict], fmt: str) ->
 def _verified(
     col: Collection,
     edges: dict[tuple[int, int], Pair],
-    threshold: float,
     progress: Progress | None,
 ) -> dict[tuple[int, int], Pair]:
-    """The pairs whose verified copy score reaches ``threshold``: each is checked by keypoints
-    both ways (a crop verifies as query -> original only), the better way kept."""
+    """The pairs keypoint matching confirms as copies, checked both ways (a crop verifies as
+    query -> original only): matched, and one lying wholly inside the other
+    (:data:`CONTAINED`); scored by the verified model the better way."""
     cal = calibration_of(col)
     features: dict[int, Features | None] = {}
 
@@ -437,9 +438,10 @@ def _verified(
             score = cal.verified_probability(
                 pair.cosine, pair.kth, outcome.verified, outcome.inliers, outcome.area
             )
-            if best is None or score > best[0]:
+            copy = outcome.verified and outcome.contained >= CONTAINED
+            if copy and (best is None or score > best[0]):
                 best = (score, outcome)
-        if best is not None and best[0] >= threshold:
+        if best is not None:
             score, outcome = best
             kept[(a, b)] = replace(pair, score=score, verified=True, inliers=outcome.inliers)
         if progress:

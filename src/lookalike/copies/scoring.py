@@ -37,7 +37,7 @@ from PIL import Image, ImageOps
 
 from lookalike.collection.manifest import COPY_SPACE
 from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
-from lookalike.keypoints.verify import Features, extract, verify
+from lookalike.keypoints.verify import Features, contained, extract, verify
 from lookalike.models.sscd import WINDOWS
 
 if TYPE_CHECKING:
@@ -179,6 +179,8 @@ class Check:
     inliers: int
     region: tuple[int, int, int, int] | None
     area: float
+    #: share of the query the match maps inside the candidate (``keypoints.verify.contained``)
+    contained: float = 0.0
 
 
 def check(query: Features, candidate: Image.Image | Features | None, mirrored=None) -> Check:
@@ -197,7 +199,9 @@ def check(query: Features, candidate: Image.Image | Features | None, mirrored=No
         return Check(False, int(outcome.inliers), None, 0.0)
     x0, y0, x1, y1 = outcome.region
     w, h = features.size
-    return Check(True, int(outcome.inliers), outcome.region, (x1 - x0) * (y1 - y0) / max(1, w * h))
+    area = (x1 - x0) * (y1 - y0) / max(1, w * h)
+    inside = contained(outcome.homography, query.size, features.size)
+    return Check(True, int(outcome.inliers), outcome.region, area, inside)
 
 
 def verify_hits(

@@ -282,6 +282,35 @@ def region_of(
     return int(x0), int(y0), int(x1), int(y1)
 
 
+def contained(
+    homography: np.ndarray | None,
+    query_size: tuple[int, int],
+    candidate_size: tuple[int, int],
+    margin: float = 0.02,
+) -> float:
+    """The share of the query (a 21x21 grid of its points) that the homography maps inside
+    the candidate (with a ``margin`` of its sides). A copy, cropped or not, lies wholly inside
+    its original (1.0); another photo of the same scene, framed otherwise, spills out (0.3-0.9
+    on Corel's photo series).
+
+    Example:
+        >>> contained(np.eye(3), (100, 50), (200, 100))
+        1.0
+    """
+    if homography is None:
+        return 0.0
+    w, h = query_size
+    xs, ys = np.meshgrid(np.linspace(0, w, 21), np.linspace(0, h, 21))
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
+    mapped = homography @ points
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = mapped[0] / mapped[2], mapped[1] / mapped[2]
+    cw, ch = candidate_size
+    inside = (x >= -margin * cw) & (x <= (1 + margin) * cw) & (y >= -margin * ch)
+    inside &= (y <= (1 + margin) * ch) & (mapped[2] > 0)
+    return float(inside.mean())
+
+
 def verify(
     query: ImageLike | Features,
     candidate: ImageLike | Features,

@@ -241,7 +241,7 @@ class CatalogQueries:
             )
         if verify:
             self._ensure_files(catalog_id, col)
-        used = threshold_for(col, verify) if threshold is None else float(threshold)
+        used = threshold_for(col) if threshold is None else float(threshold)
         groups = []
         records: dict[int, object] = {}
 
