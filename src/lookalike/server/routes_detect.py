@@ -3,7 +3,7 @@ at the first call, as a job when large) and the catalogue items found inside a p
 
 Example:
     $ curl -s -X POST localhost:8000/catalogs/c_…/duplicates -H "Authorization: Bearer $KEY" \\
-        -H 'content-type: application/json' -d '{"threshold": 0.68, "verify": false}'
+        -H 'content-type: application/json' -d '{"threshold": 0.9, "verify": false}'
     $ curl -s -X POST localhost:8000/catalogs/c_…/detect -H "Authorization: Bearer $KEY" \\
         -F file=@shelf.jpg -F k=3
 """
@@ -31,8 +31,8 @@ router = APIRouter()
 class DuplicatesRequest(BaseModel):
     """Options of ``POST /catalogs/{id}/duplicates`` (all optional)."""
 
-    #: Copy-space cosine similarity at or above which two images are copies (default: the copy
-    #: model's calibrated threshold, 0.68 for sscd-mobile: 90% precision on the benchmark).
+    #: Copy score P(copy) at or above which two images are copies (default: the copy model's
+    #: calibrated threshold, 90% precision on the hard benchmark: lookalike.copies.scoring).
     threshold: float | None = Field(default=None, ge=0, le=1)
     #: Neighbours looked at per image.
     k: int = Field(default=10, ge=1, le=100)
