@@ -1,5 +1,5 @@
 """Filtered search at 100k images: the latency of a search restricted by a filter, against the
-same search without one, at selectivities from 0.1% to 50%, for each kind of filter.
+same search without one, at selectivities from 0.1% to 100%, for each kind of filter.
 
 Data. N synthesised descriptors (``--dim``, clustered: 200 Gaussian clusters on a random
 low-rank basis, L2-normalised) go into a new collection through the catalogue API, as
@@ -22,8 +22,13 @@ for); p50 and p99 over the queries. A
 filter's selection is one SQL query, kept by the collection until the catalogue changes (the
 same filter for the next query costs nothing), so the search columns measure a filter in use;
 ``selection ms`` is that query alone, uncached (what the first search with a new filter
-adds). ``index only`` is the index's own filtered search with the allowed ids given (one BLAS
-thread, as ``search_vectors`` runs it): what the plan costs.
+adds). ``plan`` is how ``collection.filters.search_selected`` searched among the allowed
+images: ``scan`` (all of them scored exactly, one matrix product over their vectors, gathered
+from the index by the first search with the filter and kept with its selection), ``deeper``
+(the approximate index searched unfiltered for 3k / selectivity results, then filtered),
+``index`` (the index's own filtered search, a FAISS id selector); ``plan only`` is that step
+alone (one BLAS thread, as ``search_vectors`` runs it), the first search step of a query;
+``unfiltered`` rows give the index's plain search there.
 
 Header pass. ``--headers N`` JPEG files with EXIF (the camera's tags, a date with its offset,
 GPS, lens; about 7 KB each, in the page cache as after a first ``index``) are given to
@@ -56,13 +61,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import ROOT, percentile_ms, table, write_section
 
 from lookalike import Collection
-from lookalike.collection.filters import conditions
+from lookalike.collection.filters import Selection, conditions, plan, search_selected
 from lookalike.store import FileState, NewImage
 
 OUT = ROOT / "bench-out" / "filters"
 K = 10
 BATCH = 1_000
-SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
+SELECTIVITIES = (0.001, 0.01, 0.1, 0.5, 1.0)
 #: Unfiltered queries searched before measuring (the ANN kinds tune on the first 256).
 WARMUP = 300
 START = 1.5e9  # taken times: one an hour from here
@@ -170,9 +175,14 @@ def measure(col: Collection, queries: np.ndarray, warmup: np.ndarray, kind: str)
                 times.append(time.perf_counter() - start)
             selection[name] = percentile_ms(times, 50)
     index = col.index()
+    # The plan alone, with selections of the same ids (their vectors gathered at the first
+    # search, as the collection's are).
+    selections = {name: None if ids is None else Selection(ids) for name, ids in allowed.items()}
     blas = ThreadpoolController()
-    for where, _ in runs.values():  # warm up every path
+    for name, (where, _) in runs.items():  # warm up every path
         col.search_vectors(queries[:2], K, where=where)
+        if selections[name] is not None:
+            search_selected(index, queries[:2], K, selections[name])
     samples: dict[str, list[float]] = {name: [] for name in runs}
     index_only: dict[str, list[float]] = {name: [] for name in runs}
     order = np.random.default_rng(0)
@@ -187,10 +197,10 @@ def measure(col: Collection, queries: np.ndarray, warmup: np.ndarray, kind: str)
             samples[name].append(time.perf_counter() - start)
             with blas.limit(limits=1, user_api="blas"):
                 start = time.perf_counter()
-                if allowed[name] is None:
+                if selections[name] is None:
                     index.search(query[None], K)
                 else:
-                    index.search(query[None], K, allowed=allowed[name])
+                    search_selected(index, query[None], K, selections[name])
                 index_only[name].append(time.perf_counter() - start)
     base = percentile_ms(samples["none"], 50)
     rows = []
@@ -202,6 +212,7 @@ def measure(col: Collection, queries: np.ndarray, warmup: np.ndarray, kind: str)
                 "filter": name.split()[0],
                 "selectivity": matched / len(col),
                 "matched": matched,
+                "plan": "unfiltered" if allowed[name] is None else plan(index, matched),
                 "p50_ms": percentile_ms(samples[name], 50),
                 "p99_ms": percentile_ms(samples[name], 99),
                 "index_p50_ms": percentile_ms(index_only[name], 50),
@@ -268,7 +279,8 @@ def report(rows: list[dict], n: int, dim: int, n_queries: int, headers: dict | N
         "search ms p50 / p99",
         "p50 / unfiltered p50",
         "selection ms (uncached)",
-        "index only ms p50",
+        "plan",
+        "plan only ms p50",
     ]
     body = [
         [
@@ -279,6 +291,7 @@ def report(rows: list[dict], n: int, dim: int, n_queries: int, headers: dict | N
             f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}",
             f"{r['ratio']:.2f}x",
             f"{r['selection_ms']:.1f}" if r["selection_ms"] else "",
+            r["plan"],
             f"{r['index_p50_ms']:.2f}",
         ]
         for r in rows

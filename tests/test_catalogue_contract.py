@@ -227,6 +227,35 @@ def test_paths_that_are_not_utf8_round_trip(catalogue) -> None:
     assert catalogue.file_states() == {}
 
 
+def test_states_and_missing_vectors_of_a_few_files_read_only_those(catalogue) -> None:
+    """What an upload reads (issue #15 item 14): the states of the files given, the images
+    added since an id without some vector; the same answers as the whole-catalogue reads."""
+    odd = "/photos/caf\udce9.jpg"  # not UTF-8: found under the name it was given
+    paths = [f"/{i}.jpg" for i in range(1200)] + [odd]  # more than one chunk of a query
+    ids = catalogue.add_images([_image(f"h{i}", p, [1, 0]) for i, p in enumerate(paths)])
+    catalogue.record_skip("/bad.jpg", FileState(3, 4), "truncated")
+    catalogue.record_skip("/bad-\udcfe.jpg", FileState(5, 6), "empty")
+    every, skipped = catalogue.file_states(), catalogue.skipped_states()
+    asked = [odd, "/7.jpg", "/1100.jpg", "/nowhere.jpg", "/7.jpg"]
+    assert catalogue.file_states_of(asked) == {p: every[p] for p in (odd, "/7.jpg", "/1100.jpg")}
+    assert catalogue.file_states_of(paths) == every
+    assert catalogue.file_states_of([]) == {}
+    assert catalogue.skipped_states_of(["/bad-\udcfe.jpg", "/7.jpg"]) == {
+        "/bad-\udcfe.jpg": skipped["/bad-\udcfe.jpg"]
+    }
+    assert catalogue.skipped_states_of(iter(["/bad.jpg"])) == {
+        "/bad.jpg": (FileState(3, 4), "truncated")
+    }
+
+    catalogue.put_vectors("text", ids[:-2], np.ones((len(ids) - 2, 2), np.float32))
+    assert catalogue.ids_missing_after("text", 0) == (ids[-2:], ids[-1])
+    assert catalogue.ids_missing_after("text", ids[-2]) == (ids[-1:], ids[-1])
+    assert catalogue.ids_missing_after("text", ids[-1]) == ([], ids[-1])  # nothing since
+    assert catalogue.ids_missing_after("copy", ids[10]) == (ids[11:], ids[-1])
+    (later,) = catalogue.add_images([_image("later", "/later.jpg", [0, 1])])
+    assert catalogue.ids_missing_after("text", ids[-1]) == ([later], later)
+
+
 def test_meta_values_leave_the_generation_alone(catalogue) -> None:
     generation = catalogue.generation()
     assert catalogue.get_meta("manifest") is None

@@ -187,8 +187,9 @@ def test_older_collections_gain_headers_in_a_resumable_pass(tmp_path) -> None:
         col.sync([photos])
     # As an older lookalike left it: no header columns at all.
     db = sqlite3.connect(tmp_path / "col" / "catalogue.sqlite")
-    for index in ("images_by_taken", "images_by_lat", "images_by_camera_model"):
-        db.execute(f"DROP INDEX {index}")
+    for index in ("images_by_taken", "images_by_lat", "images_by_camera_model",
+                  "images_without_info"):  # fmt: skip
+        db.execute(f"DROP INDEX IF EXISTS {index}")
     for column in ("taken_at", "taken_offset", "taken_source", "lat", "lon", "camera_make",
                    "camera_model", "lens"):  # fmt: skip
         db.execute(f"ALTER TABLE images DROP COLUMN {column}")

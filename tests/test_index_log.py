@@ -402,3 +402,131 @@ def test_a_collection_appends_per_write_and_rebuilds_a_torn_log(tmp_path, photo_
         assert len(index) == len(photos) - 1  # rebuilt from the catalogue
         assert journal_of(index).binding is None
         assert [h.id for h in reader.search_vectors(query, 3, expand=0)[0]] == expected
+
+
+# -- the inverted index (the sparse text space) keeps a log too ------------------------------
+def sparse_unit(rng: np.random.Generator, n: int, dim: int = 64, nnz: int = 6) -> np.ndarray:
+    x = np.zeros((n, dim), np.float32)
+    for row in x:
+        row[rng.choice(dim, nnz, replace=False)] = rng.random(nnz) + 0.01
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def assert_same_answers(a, b, queries: np.ndarray) -> None:
+    """Same size, same ids and scores for every query over everything held."""
+    assert len(a) == len(b)
+    for x, y in zip(a.search(queries, len(b)), b.search(queries, len(b)), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_the_inverted_index_appends_reopens_and_leaves_a_torn_tail_out(tmp_path) -> None:
+    rng = np.random.default_rng(9)
+    path = tmp_path / "text.faiss"
+    queries = sparse_unit(rng, 6)
+    live = create_index("inverted", 64, top=4)  # vectors of 6 entries: the 4 largest kept
+    live.add(np.arange(300), sparse_unit(rng, 300))
+    save_index(live, path, 1)
+    assert not live.journal.appended and log_file(path).stat().st_size == HEAD_BYTES
+    base = (path.stat().st_ino, path.stat().st_size)
+    next_id = 300
+    for generation in range(2, 9):  # adds, replacements, removes (unknown ids too)
+        live.add(np.arange(next_id, next_id + 2), sparse_unit(rng, 2))
+        live.add(np.array([generation * 7]), sparse_unit(rng, 1))
+        live.remove(np.array([generation * 11, 10**9]))
+        next_id += 2
+        before = log_file(path).stat().st_size
+        save_index(live, path, generation)
+        assert live.journal.appended
+        assert 0 < log_file(path).stat().st_size - before < 2000  # the changes, not the index
+        assert (path.stat().st_ino, path.stat().st_size) == base
+        assert_same_answers(load_saved("inverted", path, generation), live, queries)
+    save_index(live, path, 9)  # nothing new: an empty record, for the stamp
+    assert len(load_saved("inverted", path, 4)) == 300 + 3 * 2 - 3  # an earlier stamp
+    at_9 = load_saved("inverted", path, 9)
+    assert_same_answers(at_9, live, queries)
+
+    # reopened: the reader appends where the writer left off, and the writer, which did not
+    # see that append, writes the base whole rather than append after it
+    assert at_9.journal.binding is not None
+    at_9.remove(np.array([1, 2]))
+    at_9.add(np.array([5000]), sparse_unit(rng, 1))
+    save_index(at_9, path, 10)
+    assert at_9.journal.appended and path.stat().st_ino == base[0]
+    assert_same_answers(load_saved("inverted", path, 10), at_9, queries)
+    base_bytes, whole = path.read_bytes(), log_file(path).read_bytes()
+
+    # a torn or damaged last record: left out, the index behind its stamp (the collection
+    # rebuilds it), what was whole still read, and never appended after
+    for torn in (whole[:-1], whole[:-9] + b"\xff" * 9):  # (a sparse vector ends in zeros)
+        path.write_bytes(base_bytes)
+        log_file(path).write_bytes(torn)
+        with pytest.raises(VectorIndexError, match="behind"):
+            load_saved("inverted", path, 10)
+        loaded = load_saved("inverted", path, 9)
+        assert_same_answers(loaded, live, queries)
+        assert loaded.journal.binding is None
+        loaded.add(np.array([6000]), sparse_unit(rng, 1))
+        save_index(loaded, path, 11)
+        assert not loaded.journal.appended  # written whole: a new base, an empty log
+        assert log_file(path).stat().st_size == HEAD_BYTES
+        assert_same_answers(load_saved("inverted", path, 11), loaded, queries)
+
+    # a log of another base (a crash between a compaction's two renames) is never applied
+    log_file(path).write_bytes(whole)
+    assert len(load_saved("inverted", path, 11)) == len(loaded)  # the new base stands alone
+    with pytest.raises(VectorIndexError, match="is not of"):
+        load_saved("inverted", path, 12)
+
+
+def test_an_inverted_index_written_before_logs_loads_and_compacts(tmp_path, monkeypatch) -> None:
+    from lookalike.index import inverted
+
+    rng = np.random.default_rng(10)
+    path = tmp_path / "text.faiss"
+    old = create_index("inverted", 64, top=4)
+    old.add(np.arange(50), sparse_unit(rng, 50))
+    old._merge()
+    header = {"kind": "inverted", "dim": 64, "top": 4, "options": {}}
+    arrays = {
+        "ids": old._ids,
+        "alive": old._alive.view(np.uint8),
+        "offsets": old._offsets,
+        "positions": old._positions,
+        "values": old._values,
+    }
+    inverted._write(str(path), header, arrays)  # as lookalike wrote it before logs
+    queries = sparse_unit(rng, 4)
+    loaded = load_saved("inverted", path, 3)
+    assert_same_answers(loaded, old, queries)
+    loaded.add(np.array([99]), sparse_unit(rng, 1))
+    save_index(loaded, path, 4)
+    assert not loaded.journal.appended  # its first save is whole
+    assert_same_answers(load_saved("inverted", path, 4), loaded, queries)
+
+    monkeypatch.setattr(index_log, "MIN_LOG_BYTES", 0)
+    monkeypatch.setattr(index_log, "COMPACT_FRACTION", 0.5)
+    compactions = 0
+    for generation in range(5, 40):
+        loaded.add(np.array([100 + generation]), sparse_unit(rng, 1))
+        loaded.remove(np.array([generation]))
+        save_index(loaded, path, generation)
+        compactions += not loaded.journal.appended
+        assert_same_answers(load_saved("inverted", path, generation), loaded, queries)
+    assert compactions >= 2
+
+
+def test_an_upload_appends_to_the_text_index_too(tmp_path, photo_dir, embedder) -> None:
+    photos = sorted(photo_dir.iterdir())
+    folder = tmp_path / "col"
+    with Collection.create(folder, embedder=embedder) as col:
+        col.add(photos[:2])
+        text = folder / "index" / "text.faiss"
+        inode = text.stat().st_ino
+        assert col.index("text").params["kind"] == "inverted"
+        for photo in photos[2:4]:
+            col.add([photo])
+            assert text.stat().st_ino == inode  # appended, not written again
+        expected = col.search_text("a dog", k=3)
+    with Collection.open(folder, embedder=embedder) as reader:
+        assert journal_of(reader.index("text")).binding is not None
+        assert reader.search_text("a dog", k=3) == expected

@@ -55,8 +55,11 @@ class Indexer:
         start = time.perf_counter()
         self.col.embedder  # noqa: B018 - load and check the model before any work
         self.indexes = {space: self.col.index(space) for space in self.col.spaces()}
-        known = self.cat.file_states()
-        skips = self.cat.skipped_states()
+        if prune:  # every file under the folders synced, to find those gone
+            known, skips = self.cat.file_states(), self.cat.skipped_states()
+        else:  # the files given only: an upload costs its files, not the catalogue's
+            known = self.cat.file_states_of(files)
+            skips = self.cat.skipped_states_of(p for p in files if p not in known)
         todo: list[tuple[str, FileState]] = []
         self.replaced: set[str] = set()
         for path in files:

@@ -2,13 +2,15 @@
 its first results (α-QE), and turn ids into results.
 
 **Filtered search** (``where=``, see :mod:`.filters`) is exact about the filter: the allowed
-ids are selected in the catalogue first (one SQL query on indexed columns), then searched
-*inside* the index, which picks its plan by selectivity (``lookalike.index``: few allowed ids,
-an exact scan of their stored vectors; many, the index searched with a FAISS id selector and
-its parameters widened, a short row scanned exactly). So a filter never returns fewer than
-``k`` results when ``k`` images match, and query expansion uses, and returns, allowed images
-only. An index kind that cannot filter (Milvus) is searched deeper and its results filtered,
-then, when that is not enough, the allowed stored vectors are scanned exactly.
+ids are selected in the catalogue first (one SQL query on indexed columns, kept until the
+catalogue changes), then searched by the plan their number calls for
+(:func:`.filters.search_selected`: few, all scored exactly in one matrix product from their
+vectors gathered once from the index and kept; most, the approximate index searched deeper
+and filtered; in between, the index's own filtered search with a FAISS id selector). So a
+filter never returns fewer than ``k`` results when ``k`` images match, and query expansion
+uses, and returns, allowed images only. An index kind that cannot filter (Milvus) is searched
+deeper and its results filtered, then, when that is not enough, the allowed stored vectors are
+scanned exactly.
 
 **More like this** (:meth:`Searching.search_like`) searches with an image's stored vector (no
 decoding) and leaves the image itself out.
@@ -29,7 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.collection.filters import Where, conditions
+from lookalike.collection.filters import (
+    Selection,
+    Selections,
+    Where,
+    conditions,
+    search_selected,
+)
 from lookalike.collection.manifest import COPY_SPACE, IMAGE_SPACE
 from lookalike.collection.results import SearchResult
 from lookalike.descriptors import blas_on_one_thread, l2n, query_expansion
@@ -47,8 +55,6 @@ Query = str | Path | bytes | Image.Image | np.ndarray
 DEEPEST = 16_384
 #: Stored vectors read from the catalogue at once by an exact scan of allowed ids.
 SCAN_CHUNK = 8_192
-#: Filters whose selected ids are kept (until the catalogue changes).
-SELECTIONS_KEPT = 32
 
 
 def capability(name: str):
@@ -156,7 +162,7 @@ class Searching:
         image ids never returned (:meth:`search_like` leaves the image itself out).
         """
         index = self.index(space)
-        allowed = where if isinstance(where, np.ndarray) else self.ids_where(where)
+        allowed = self._selection(where)
         if len(index) == 0 or len(vectors) == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(len(vectors))]
         expand = self.spaces()[space].get("expand", 0) if expand is None else expand
@@ -216,26 +222,32 @@ class Searching:
             >>> col.ids_where({"camera": "canon", "taken_after": "2021"})  # doctest: +SKIP
             array([  3,  17, 254])
         """
+        selection = self._selection(where)
+        return None if selection is None else selection.ids
+
+    def _selection(self, where: Where | np.ndarray | Selection) -> Selection | None:
+        """:meth:`ids_where` with what filtered searches keep of it (:class:`.filters.Selection`:
+        the ids, and their vectors once gathered); None: no filter. The same filter again (the
+        next query, the next page) while nothing was written gives the selection made last time
+        (a JSON key or a LIKE costs a scan of every image), as do the ids it gave.
+
+        Raises:
+            FilterError: a filter that cannot be understood.
+        """
+        if where is None or isinstance(where, Selection):
+            return where
+        kept = self.__dict__.get("_selections")
+        if kept is None:
+            kept = self.__dict__.setdefault("_selections", Selections())
         if isinstance(where, np.ndarray):
-            return np.unique(where.astype(np.int64))
+            return kept.of(where)
         found = conditions(where)
         if not found:
             return None
         stamp_of = getattr(self.catalogue, "change_stamp", None)
         if stamp_of is None:  # a catalogue that cannot tell when it changed: ask it each time
-            return self.catalogue.select_ids(found)
-        # The same filter again (the next query, the next page) while nothing was written:
-        # the ids selected last time (a JSON key or a LIKE costs a scan of every image).
-        key, stamp = repr(found), stamp_of()
-        cache = self.__dict__.setdefault("_selections", {})
-        cached = cache.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        ids = self.catalogue.select_ids(found)
-        if len(cache) >= SELECTIONS_KEPT:
-            cache.clear()
-        cache[key] = (stamp, ids)
-        return ids
+            return Selection(self.catalogue.select_ids(found))
+        return kept.select(repr(found), stamp_of(), lambda: self.catalogue.select_ids(found))
 
     def _search_index(
         self,
@@ -243,16 +255,17 @@ class Searching:
         space: str,
         queries: np.ndarray,
         k: int,
-        allowed: np.ndarray | None,
+        allowed: Selection | None,
         projected: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``index.search``, among the ``allowed`` ids when given. ``projected``: ``index`` and
-        ``queries`` are in the projected coordinates (the inner index of a PCA)."""
+        """``index.search``, among the ``allowed`` images when given (by the plan their number
+        calls for: :func:`.filters.search_selected`). ``projected``: ``index`` and ``queries``
+        are in the projected coordinates (the inner index of a PCA)."""
         if allowed is None:
             return index.search(queries, k)
         if accepts_allowed(index):
-            return index.search(queries, k, allowed=allowed)
-        return self._filter_unfiltered(index, space, queries, k, allowed, projected)
+            return search_selected(index, queries, k, allowed, self.__dict__.get("_selections"))
+        return self._filter_unfiltered(index, space, queries, k, allowed.ids, projected)
 
     def _filter_unfiltered(
         self,
@@ -309,7 +322,7 @@ class Searching:
         ids: np.ndarray,
         top: int,
         k: int,
-        allowed: np.ndarray | None = None,
+        allowed: Selection | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = self.project(vectors, space)
         expanded = []

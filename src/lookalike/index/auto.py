@@ -150,6 +150,12 @@ class AutoIndex:
             return self.inner.search(queries, k)
         return self.inner.search(queries, k, allowed=allowed)
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chosen index's ``vectors_of`` (ids and their vectors, for a filtered search of
+        a few allowed images); None when it has none (``inverted``)."""
+        gather = getattr(self.inner, "vectors_of", None)
+        return None if gather is None else gather(ids)
+
     def __len__(self) -> int:
         return len(self.inner)
 
@@ -189,7 +195,11 @@ class AutoIndex:
             "sparse": self.sparse,
             "options": self.options,
         }
-        write_json(choice_file(path), state)
+        # Rewritten only when the choice changed (a rename per upload costs a few ms).
+        target, text = choice_file(path), json.dumps(state, sort_keys=True)
+        if getattr(self, "_saved_state", None) != (target, text) or not target.exists():
+            write_json(target, state)
+            self._saved_state = (target, text)
 
     @classmethod
     def load(cls, path: Path) -> AutoIndex:
@@ -199,6 +209,7 @@ class AutoIndex:
         index.sparse, index.options = state.get("sparse"), state["options"]
         index.inner = load_index(state["inner"], path)
         index.chosen, index.chosen_at = state["inner"], state["chosen_at"]
+        index._saved_state = (choice_file(path), json.dumps(state, sort_keys=True))
         return index
 
 

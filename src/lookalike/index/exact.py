@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 __all__ = ["PositionMap", "exact_search", "find_sorted", "recall_at", "top_k"]
@@ -67,19 +70,30 @@ def find_sorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     return at[inside]
 
 
+#: Filters whose positions (and bitmap) a :class:`PositionMap` keeps ...
+POSITIONS_KEPT = 8
+#: ... and the bytes they may take in all (positions: 8 a selected id; bitmap: 1 bit an id).
+POSITIONS_BYTES = 32 << 20
+
+
 class PositionMap:
     """Where ids sit in an index (position -> id given), for filtered searches: the allowed ids'
-    positions and their bitmap, remembered for the last filter (the collection hands the same
-    array again for the same filter, so the next query with it costs nothing here).
+    positions and their bitmap, remembered for the last few filters (:data:`POSITIONS_KEPT`,
+    within :data:`POSITIONS_BYTES`; the collection hands the same array again for the same
+    filter, so the next query with it costs nothing here, even with other filters in between:
+    several users of a server, docs/benchmarks.md section ``filters``).
 
     Example:
         >>> PositionMap().positions(np.array([5, 9, 7]), np.array([7, 9]), state=(0,)).tolist()
         [1, 2]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kept: int = POSITIONS_KEPT, budget: int = POSITIONS_BYTES) -> None:
+        self.kept, self.budget = kept, budget
         self._order: tuple[tuple, np.ndarray | None, np.ndarray] | None = None
-        self._last: tuple | None = None  # (allowed, state, positions, (bits, selector) or None)
+        # id(allowed) -> [allowed, state, positions, (bits, selector) or None], oldest first
+        self._kept: OrderedDict[int, list] = OrderedDict()
+        self._lock = threading.Lock()
 
     def positions(
         self,
@@ -91,9 +105,11 @@ class PositionMap:
     ) -> np.ndarray:
         """Ascending positions of ``allowed`` ids in ``stored`` (ids by position), live ones
         only when ``alive`` is given. ``state`` changes whenever ``stored`` or ``alive`` do."""
-        last = self._last
-        if last is not None and last[0] is allowed and last[1] == state:
-            return last[2]
+        with self._lock:
+            entry = self._kept.get(id(allowed))
+            if entry is not None and entry[0] is allowed and entry[1] == state:
+                self._kept.move_to_end(id(allowed))
+                return entry[2]
         order = self._order
         if order is None or order[0] != state[:1]:
             if len(stored) < 2 or bool(np.all(stored[1:] > stored[:-1])):
@@ -107,25 +123,37 @@ class PositionMap:
         positions = found if arg is None else np.sort(arg[found])
         if alive is not None:
             positions = positions[alive[positions]]
-        self._last = (allowed, state, positions, None)
+        with self._lock:
+            self._kept[id(allowed)] = [allowed, state, positions, None]
+            self._kept.move_to_end(id(allowed))
+            self._trim()
         return positions
 
     def bitmap(self, size: int, positions: np.ndarray) -> object:
-        """A FAISS ``IDSelectorBitmap`` of ``positions`` (of the last :meth:`positions`)."""
+        """A FAISS ``IDSelectorBitmap`` of ``positions`` (of a recent :meth:`positions`)."""
         import faiss
 
-        last = self._last
-        if last is not None and last[2] is positions and last[3] is not None:
-            return last[3][1]
+        with self._lock:
+            entry = next((e for e in reversed(self._kept.values()) if e[2] is positions), None)
+            if entry is not None and entry[3] is not None:
+                return entry[3][1]
         bits = np.zeros(size, np.bool_)
         bits[positions] = True
         packed = np.packbits(bits, bitorder="little")
         selector = faiss.IDSelectorBitmap(size, faiss.swig_ptr(packed))
-        if last is not None and last[2] is positions:
-            self._last = (*last[:3], (packed, selector))  # the selector reads ``packed``
-        else:
-            selector.referenced = packed  # keep the bits alive with the selector
+        selector.referenced = packed  # keep the bits alive with the selector
+        if entry is not None:
+            with self._lock:
+                entry[3] = (packed, selector)
+                self._trim()
         return selector
+
+    def _trim(self) -> None:
+        """Forget the oldest filters while more are kept than allowed (the lock held)."""
+        used = sum(e[2].nbytes + (e[3][0].nbytes if e[3] else 0) for e in self._kept.values())
+        while len(self._kept) > 1 and (len(self._kept) > self.kept or used > self.budget):
+            _, entry = self._kept.popitem(last=False)
+            used -= entry[2].nbytes + (entry[3][0].nbytes if entry[3] else 0)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

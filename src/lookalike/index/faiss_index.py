@@ -116,6 +116,16 @@ class FaissIndex:
             return np.zeros(0, np.int64)
         return self._positions.positions(self._stored(), ids, state=(self._version, len(self)))
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors): those of ``ids`` (sorted int64) the index holds and their vectors,
+        gathered (``collection.filters`` keeps them for a filter's next queries)."""
+        positions = self.positions_of(np.asarray(ids, np.int64))
+        if len(positions) == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        flat = faiss.downcast_index(self.index.index)
+        matrix = faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.dim).reshape(-1, self.dim)
+        return self._stored()[positions], np.array(matrix[positions], np.float32)
+
     def _stored(self) -> np.ndarray:
         """The ids by storage position (the id map's, copied once per change)."""
         cached = self._ids

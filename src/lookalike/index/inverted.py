@@ -19,8 +19,12 @@ to a new position). The lists are compressed sparse columns: the entries of clas
 were last built wait in a pending part, scored entry by entry, and are merged (a stable radix
 sort of every entry by class, O(entries)) when they are as many as the lists (so that adding
 costs O(entries) in all), before a search once they are an eighth of them, when dead
-positions are a quarter of all, and before saving. Saved as one file: a JSON header and the
-arrays, each aligned; loading maps the ids and tombstones and reads the lists on demand.
+positions are a quarter of all, and before the index is written whole. Written whole as one
+file (a *base*: a JSON header and the arrays, each aligned, then ``index.log``'s trailer);
+loading maps the ids and tombstones and reads the lists on demand. Saves between two bases
+append the adds and removes since the last save to the base's log (``lookalike.index.log``),
+so that saving after an upload costs that upload, not the whole index: loading replays them
+(one remove, one add) on top of the base.
 
 Scores are exact for the stored entries; a vector's entries beyond ``top`` (the largest
 kept) count as 0, as they do in the catalogue. A query with more than ``2 * top`` non-zero
@@ -44,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import VectorIndexError
-from lookalike.fileio import atomic_save
 from lookalike.index.base import register
+from lookalike.index.log import Journal, read_saved, saving_generation
 
 __all__ = ["InvertedIndex"]
 
@@ -84,6 +88,8 @@ class InvertedIndex:
         self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (size, argsort, sorted)
         self._changes = 0  # bumped by every change
         self._saved: tuple[str, int] | None = None  # (file, changes) last written or read
+        # the adds and removes since the last save, appended to the base's log (index/log.py)
+        self.journal = Journal(self.dim)
 
     # -- the VectorIndex protocol ---------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -92,7 +98,7 @@ class InvertedIndex:
         if len(ids) == 0:
             return
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-        self.remove(ids)
+        self._forget(ids)
         rows, cols, vals = _sparse_rows(vectors, self.top)
         start = len(self._ids)
         self._ids = np.concatenate([self._ids, ids])
@@ -103,12 +109,19 @@ class InvertedIndex:
         self._changes += 1
         if self._pending_entries > max(MERGE_MIN, len(self._positions)):  # doubling: O(n)
             self._merge()
+        self.journal.added(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> None:
         """Forget these ids (unknown ids are ignored)."""
-        positions = self._live_positions(np.asarray(ids, dtype=np.int64).reshape(-1))
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._forget(ids):
+            self.journal.removed(ids)
+
+    def _forget(self, ids: np.ndarray) -> bool:
+        """Tombstone the live positions of ``ids``; whether there were any."""
+        positions = self._live_positions(ids)
         if len(positions) == 0:
-            return
+            return False
         if not self._alive.flags.writeable:  # memory-mapped from the saved file
             self._alive = np.array(self._alive)
         self._alive[positions] = False
@@ -116,6 +129,7 @@ class InvertedIndex:
         self._changes += 1
         if self._dead > REBUILD_DEAD * len(self._ids):
             self._merge()
+        return True
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -151,11 +165,23 @@ class InvertedIndex:
     def __len__(self) -> int:
         return len(self._ids) - self._dead
 
-    def save(self, path: Path) -> None:
-        """Write the index to ``path`` atomically (one file, arrays memory-mappable); nothing
-        to do when the file already holds it (read from or written to there, unchanged)."""
-        if self._saved == (str(path), self._changes):
+    def save(self, path: Path, generation: int | None = None) -> None:
+        """With a catalogue generation (``generation`` or ``log.save_index``'s), the adds and
+        removes since the last save or load at ``path`` appended to its log
+        (``lookalike.index.log``: O(changes)). Else, or once the log has grown past a
+        fraction of the index, the index written whole (atomically: one file, arrays
+        memory-mappable, pending entries merged first), the log emptied. Without a
+        generation, nothing to do when the file already holds it (read from or written to
+        there, unchanged)."""
+        path = Path(path)
+        generation = saving_generation(generation)
+        if generation is None and self._saved == (str(path), self._changes):
             return
+        self.journal.save(path, generation, lambda tmp, _: self._write_base(tmp))
+        self._saved = (str(path), self._changes)
+
+    def _write_base(self, target: str) -> None:
+        """The whole index into ``target`` (``log.Journal`` renames it and adds its trailer)."""
         self._merge()
         arrays = {
             "ids": np.asarray(self._ids),
@@ -165,13 +191,28 @@ class InvertedIndex:
             "values": np.asarray(self._values),
         }
         header = {"kind": self.kind, "dim": self.dim, "top": self.top, "options": self.options}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save(path, lambda tmp: _write(tmp, header, arrays))
-        self._saved = (str(path), self._changes)
+        _write(target, header, arrays)
 
     @classmethod
-    def load(cls, path: Path) -> InvertedIndex:
-        """Read an index written by :meth:`save`; its arrays are memory-mapped."""
+    def load(cls, path: Path, generation: int | None = None) -> InvertedIndex:
+        """Read an index written by :meth:`save`: its base (arrays memory-mapped, lists read
+        as queries need them) and its log's changes up to ``generation`` (None:
+        ``log.load_saved``'s, else all of them)."""
+        path = Path(path)
+        index, change, binding = read_saved(
+            path, lambda name, _: cls.load_base(Path(name)), lambda base: base.dim, generation
+        )
+        if change:
+            index.remove(change.touched)
+            index.add(change.ids, change.vectors)
+        index.journal.binding = binding
+        # a save without a generation has nothing to write while base and log hold it
+        index._saved = (str(path), index._changes) if binding is not None else None
+        return index
+
+    @classmethod
+    def load_base(cls, path: Path) -> InvertedIndex:
+        """The base written at ``path``, without its log; its arrays are memory-mapped."""
         header, arrays = _read(Path(path))
         index = cls(header["dim"], header["top"], **header.get("options", {}))
         index._ids = arrays["ids"]
@@ -181,7 +222,6 @@ class InvertedIndex:
         index._positions = _FileArray.of(path, arrays["positions"])
         index._values = _FileArray.of(path, arrays["values"])
         index._merged = len(index._ids)
-        index._saved = (str(path), index._changes)
         if len(index._offsets) != index.dim + 1 or len(index._positions) != len(index._values):
             raise VectorIndexError(f"{path}: inconsistent inverted lists")
         return index

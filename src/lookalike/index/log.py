@@ -5,10 +5,11 @@ An index kind that uses it keeps a :class:`Journal` of the adds and removes made
 save, calls :meth:`Journal.save` (which appends one record to the log, or writes the base again
 once the log has grown past ``COMPACT_FRACTION`` of it: a compaction) and reads itself back
 with :func:`read_saved` (the base, then the log's records coalesced into one remove and one
-add). ``flat`` (``faiss_index.py``) and the approximate kinds (``ann.py``: ``hnsw``, ``ivf``,
-``ivf-pq``, ``lsh``) use it; ``inverted`` and ``milvus`` still write themselves whole. The
-collection saves through :func:`save_index` and loads through :func:`load_saved`, which tell
-the catalogue generation to kinds nested in others (``auto``'s choice, a PCA-projected index).
+add). ``flat`` (``faiss_index.py``), the approximate kinds (``ann.py``: ``hnsw``, ``ivf``,
+``ivf-pq``, ``lsh``) and ``inverted`` (the sparse text space) use it; ``milvus`` keeps its
+vectors in its server and writes only a pointer. The collection saves through
+:func:`save_index` and loads through :func:`load_saved`, which tell the catalogue generation
+to kinds nested in others (``auto``'s choice, a PCA-projected index).
 
 On disk, beside ``index/<space>.faiss`` (the base as its kind writes it, then a trailer):
 
@@ -271,6 +272,13 @@ def save_index(index: VectorIndex, path: Path, generation: int) -> None:
         index.save(path)
     finally:
         _SAVING.reset(token)
+
+
+def saving_generation(generation: int | None = None) -> int | None:
+    """``generation``, else the catalogue generation of the :func:`save_index` in progress
+    (None: neither, a save that writes the base whole). For kinds that skip a save with
+    nothing new only when no generation asks for a record."""
+    return _SAVING.get() if generation is None else int(generation)
 
 
 def load_saved(kind: str, path: Path, generation: int | None) -> VectorIndex:

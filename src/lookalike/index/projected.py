@@ -60,6 +60,12 @@ class ProjectedIndex:
             return self.inner.search(self.project(queries), k)
         return self.inner.search(self.project(queries), k, allowed=allowed)
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The inner index's ``vectors_of`` (projected vectors, as :meth:`project` makes the
+        queries); None when it has none."""
+        gather = getattr(self.inner, "vectors_of", None)
+        return None if gather is None else gather(ids)
+
     def __len__(self) -> int:
         return len(self.inner)
 

@@ -150,6 +150,14 @@ class Catalogue(Protocol):
         """Every file skipped before: path -> (state then, reason)."""
         ...
 
+    def file_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, int]]:
+        """:meth:`file_states` of ``paths`` only (those known): O(len(paths))."""
+        ...
+
+    def skipped_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, str]]:
+        """:meth:`skipped_states` of ``paths`` only (those skipped before)."""
+        ...
+
     def image_id_by_hash(self, content_hash: str) -> int | None: ...
 
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
@@ -192,6 +200,11 @@ class Catalogue(Protocol):
 
     def ids_missing(self, space: str) -> list[int]:
         """Images that have no vector in ``space`` yet."""
+        ...
+
+    def ids_missing_after(self, space: str, after: int) -> tuple[list[int], int]:
+        """:meth:`ids_missing` among images with ids above ``after``, and the largest image id
+        (``after`` when none is above it): O(images added since ``after``)."""
         ...
 
     def count(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -204,6 +205,23 @@ class PostgresCatalogue:
             rows = self._db.execute("SELECT path, size, mtime_ns, reason FROM skipped").fetchall()
         return {path_from_store(p): (FileState(s, m), r) for p, s, m, r in rows}
 
+    def file_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, int]]:
+        """:meth:`file_states` of ``paths`` only (those known): O(len(paths)), where
+        :meth:`file_states` reads every file of the catalogue (an upload of one image)."""
+        return self._states_of("SELECT path, size, mtime_ns, image_id FROM files", paths)
+
+    def skipped_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, str]]:
+        """:meth:`skipped_states` of ``paths`` only (those skipped before)."""
+        return self._states_of("SELECT path, size, mtime_ns, reason FROM skipped", paths)
+
+    def _states_of(self, select: str, paths: Iterable[str]) -> dict[str, tuple[FileState, Any]]:
+        stored = list(dict.fromkeys(path_to_store(p) for p in paths))
+        if not stored:
+            return {}
+        with self._lock:
+            rows = self._db.execute(f"{select} WHERE path = ANY(%s)", (stored,)).fetchall()
+        return {path_from_store(p): (FileState(s, m), value) for p, s, m, value in rows}
+
     def image_id_by_hash(self, content_hash: str) -> int | None:
         with self._lock:
             row = self._db.execute(
@@ -301,6 +319,18 @@ class PostgresCatalogue:
                 (space,),
             ).fetchall()
         return [r[0] for r in rows]
+
+    def ids_missing_after(self, space: str, after: int) -> tuple[list[int], int]:
+        """:meth:`ids_missing` among the images whose id is above ``after``, and the largest
+        image id (``after`` when there is none above it): O(images above ``after``), so that
+        a caller remembering the last id it checked checks only the images added since."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, EXISTS (SELECT 1 FROM vectors WHERE vectors.image_id = images.id "
+                "AND space = %s) FROM images WHERE id > %s ORDER BY id",
+                (space, int(after)),
+            ).fetchall()
+        return [int(i) for i, has in rows if not has], int(rows[-1][0]) if rows else int(after)
 
     def count(self) -> dict[str, int]:
         with self._lock:

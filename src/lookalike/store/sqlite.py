@@ -108,6 +108,9 @@ ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS images_by_taken ON images(taken_at)",
     "CREATE INDEX IF NOT EXISTS images_by_lat ON images(lat)",
     "CREATE INDEX IF NOT EXISTS images_by_camera_model ON images(LOWER(camera_model))",
+    # The header pass after each indexing run finds the few new images without header info
+    # (a partial index: without it, a scan of every image per upload).
+    "CREATE INDEX IF NOT EXISTS images_without_info ON images(id) WHERE taken_source IS NULL",
 )
 #: The tables of the schema, in the order :func:`salvage` copies them.
 TABLES = ("meta", "images", "files", "vectors", "skipped")
@@ -314,6 +317,25 @@ class SQLiteCatalogue:
             rows = self._db.execute("SELECT path, size, mtime_ns, reason FROM skipped").fetchall()
         return {path_from_store(p): (FileState(s, m), r) for p, s, m, r in rows}
 
+    def file_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, int]]:
+        """:meth:`file_states` of ``paths`` only (those known): O(len(paths)), where
+        :meth:`file_states` reads every file of the catalogue (an upload of one image)."""
+        return self._states_of("SELECT path, size, mtime_ns, image_id FROM files", paths)
+
+    def skipped_states_of(self, paths: Iterable[str]) -> dict[str, tuple[FileState, str]]:
+        """:meth:`skipped_states` of ``paths`` only (those skipped before)."""
+        return self._states_of("SELECT path, size, mtime_ns, reason FROM skipped", paths)
+
+    def _states_of(self, select: str, paths: Iterable[str]) -> dict[str, tuple[FileState, Any]]:
+        stored = list(dict.fromkeys(path_to_store(p) for p in paths))
+        out = {}
+        with self._lock:
+            for chunk in _chunks(stored, 500):
+                marks = ",".join("?" * len(chunk))
+                for p, s, m, value in self._db.execute(f"{select} WHERE path IN ({marks})", chunk):
+                    out[path_from_store(p)] = (FileState(s, m), value)
+        return out
+
     def image_id_by_hash(self, content_hash: str) -> int | None:
         with self._lock:
             row = self._db.execute(
@@ -410,6 +432,18 @@ class SQLiteCatalogue:
                 (space,),
             ).fetchall()
         return [r[0] for r in rows]
+
+    def ids_missing_after(self, space: str, after: int) -> tuple[list[int], int]:
+        """:meth:`ids_missing` among the images whose id is above ``after``, and the largest
+        image id (``after`` when there is none above it): O(images above ``after``), so that
+        a caller remembering the last id it checked checks only the images added since."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, EXISTS (SELECT 1 FROM vectors WHERE space = ? AND "
+                "image_id = images.id) FROM images WHERE id > ? ORDER BY id",
+                (space, int(after)),
+            ).fetchall()
+        return [int(i) for i, has in rows if not has], int(rows[-1][0]) if rows else int(after)
 
     def count(self) -> dict[str, int]:
         with self._lock:
