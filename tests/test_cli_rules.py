@@ -105,6 +105,12 @@ def test_index_kind_of_an_existing_collection_is_refused(lib) -> None:
     _usage(invoke("index", lib["photos"], "-c", lib["col"], "--index", "bogus"), "flat, hnsw")
 
 
+def test_copy_options_without_copy_are_refused(lib, tmp_path: Path) -> None:
+    for option in (["--regions"], ["--copy-model", "sscd"]):
+        _usage(invoke("index", lib["photos"], "-c", tmp_path / "c", *option), "--copy")
+    assert not (tmp_path / "c").exists()
+
+
 def test_exclude_is_remembered_and_remove_says_what_is_not_there(lib, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     (photos / "thumbnails").mkdir(parents=True)
@@ -142,6 +148,7 @@ def test_exclude_is_remembered_and_remove_says_what_is_not_there(lib, tmp_path: 
         (["--region", "1,2,3"], ["four numbers"]),
         (["--min-score", "2"], ["-1..1"]),
         (["--grid", "out.txt"], [".png"]),
+        (["--mode", "copy", "--expand", "2"], ["--mode copy", "expansion"]),
     ],
 )
 def test_search_bad_values_are_usage_errors(lib, args: list[str], words: list[str]) -> None:
