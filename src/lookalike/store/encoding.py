@@ -150,8 +150,11 @@ def decode_vectors(blobs: Sequence[bytes], dim: int | None = None) -> np.ndarray
     n = len(blobs)
     if size % 4 == 0 and all(len(b) == size for b in blobs):
         return np.frombuffer(b"".join(blobs), "<f4").reshape(n, size // 4).astype(np.float32)
-    if first in (_INT8, _INT8Z) and all(b[:1] == first for b in blobs):
-        width = _HEAD.unpack_from(blobs[0])[1]
+    head = bytes(blobs[0][: _HEAD.size])  # the tag and the dimension
+    # Together only when every blob has both (a float32 blob of format 1, left by an upgrade
+    # not yet done, may start with a tag's byte: its length, a multiple of 4, tells it apart).
+    if first in (_INT8, _INT8Z) and all(b[: _HEAD.size] == head and len(b) % 4 for b in blobs):
+        width = _HEAD.unpack_from(head)[1]
         at = _HEAD.size + _SCALE.size
         scales = np.array([_SCALE.unpack_from(b, _HEAD.size)[0] for b in blobs], np.float32)
         if first == _INT8:
