@@ -307,13 +307,14 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_files(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    """A 600 KiB tmpfs (needs root and mount; skipped elsewhere)."""
+    """A 1 MiB tmpfs (needs root and mount; skipped elsewhere): an empty catalogue (~270 KiB)
+    and its manifest fit, the photos of the test do not."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")

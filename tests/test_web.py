@@ -74,6 +74,16 @@ def csp_violations(page) -> list[str]:
     return found
 
 
+def until(tab, predicate: str, timeout: float = 20.0) -> None:
+    """Wait until the JavaScript function ``predicate`` returns true in the page. Polled with
+    ``evaluate`` (which the page's Content-Security-Policy allows): ``wait_for_function``
+    polls by evaluating a string in the page, which its ``script-src 'self'`` may refuse."""
+    deadline = time.monotonic() + timeout
+    while not tab.evaluate(predicate):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {predicate}"
+        time.sleep(0.05)
+
+
 def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
     from playwright.sync_api import expect
 
@@ -104,8 +114,10 @@ def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
     expect(cards.first.locator(".caption")).to_contain_text("chelsea.jpg")
     score = float(cards.first.locator(".score").inner_text())
     assert 0.5 < score <= 1.0
-    page.wait_for_function(
-        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    until(
+        page,
+        "() => [...document.querySelectorAll('#results img')]"
+        ".every(i => i.complete && i.naturalWidth)",
     )
     page.screenshot(path=str(ARTIFACTS / "web-search.png"), full_page=True)
 
@@ -176,8 +188,10 @@ def test_web_page_upload_search_delete(page, server_url, photo_dir, tmp_path):
         names.add(label.locator(".name").inner_text())
         assert 0.3 < float(label.locator(".det-score").inner_text()) <= 1.0
     assert names == {"rocket.jpg", "astronaut.jpg"}
-    page.wait_for_function(
-        "[...document.querySelectorAll('#detections img')].every(i => i.complete && i.naturalWidth)"
+    until(
+        page,
+        "() => [...document.querySelectorAll('#detections img')]"
+        ".every(i => i.complete && i.naturalWidth)",
     )
     page.screenshot(path=str(ARTIFACTS / "web-detect-phone.png"), full_page=True)
 

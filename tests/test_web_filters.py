@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from PIL import Image
 
 from .conftest import skimage_photo
 from .test_server import ADMIN
-from .test_web import csp_violations, page, server_url  # noqa: F401 (fixtures)
+from .test_web import csp_violations, page, server_url, until  # noqa: F401 (fixtures)
 
 #: name -> (camera make, model, taken (EXIF), tags)
 LIBRARY = {
@@ -51,16 +50,6 @@ def _shot(tab, path: Path) -> None:
     assert data.startswith(PNG) and len(data) > 5_000, path
     with Image.open(path) as image:
         assert image.width >= 300 and image.height >= 300
-
-
-def _until(tab, predicate: str, timeout: float = 20.0) -> None:
-    """Wait until the JavaScript function ``predicate`` returns true in the page. Polled with
-    ``evaluate`` (which the page's Content-Security-Policy allows): ``wait_for_function``
-    polls by evaluating a string in the page, which its ``script-src 'self'`` refuses."""
-    deadline = time.monotonic() + timeout
-    while not tab.evaluate(predicate):
-        assert time.monotonic() < deadline, f"still false after {timeout} s: {predicate}"
-        time.sleep(0.05)
 
 
 def test_filter_chips_and_compare_view(page, server_url, tmp_path):  # noqa: F811
@@ -182,7 +171,7 @@ def test_filter_chips_and_compare_view(page, server_url, tmp_path):  # noqa: F81
         expect(page.locator("#compare")).to_be_hidden()  # until asked for
         page.click("#detail-compare")
         expect(page.locator("#compare")).to_be_visible()
-        _until(
+        until(
             page,
             "() => ['compare-query', 'compare-result'].every(id => {"
             " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0 })",
