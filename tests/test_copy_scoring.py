@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 from typer.testing import CliRunner
 
 from lookalike.cli import app
-from lookalike.collection import Collection
+from lookalike.collection import Collection, CollectionError
 from lookalike.copies.space import REGION_SPACES, threshold_for
 from tests.conftest import shared_dataset
 
@@ -181,3 +181,26 @@ def test_verified_duplicates_hold_copies_not_other_shots_of_a_scene(
     assert [sorted(Path(p).name for p in g.paths) for g in verified] == [
         ["228-reposted.jpg", "228.jpg"]
     ]
+
+
+def test_copy_search_with_a_filter_and_more_like_this(corel: dict, embedder) -> None:
+    """A filter applies to the copy hits (the normaliser still comes from the whole
+    collection, so a filter does not change a hit's score); more like this in the copy space
+    scores by P(copy) and leaves the image itself out; expansion is refused."""
+    query = corel["queries"] / "heavy-0.jpg"
+    with Collection.open(corel["plain"], embedder=embedder) as col:
+        best = col.search(query, k=5, space="copy")[0]
+        folder = str(Path(best.path).parent)
+        inside = col.search(query, k=5, space="copy", where={"folder": folder})
+        assert inside[0].id == best.id and inside[0].score == pytest.approx(best.score)
+        assert all(Path(h.path).parent == Path(folder) for h in inside)
+        outside = col.search(
+            query, k=5, space="copy", where={"folder": str(Path(folder).parent / "dinosaurs")}
+        )
+        assert outside and best.id not in {h.id for h in outside}
+        assert all(h.score < threshold_for(col) for h in outside)
+        like = col.search_like(best.id, k=3, space="copy")
+        assert best.id not in {h.id for h in like}
+        assert all(h.cosine is not None and 0 <= h.score <= 1 for h in like)
+        with pytest.raises(CollectionError, match="expansion"):
+            col.search(query, k=5, space="copy", expand=3)
