@@ -171,10 +171,13 @@ def test_filter_chips_and_compare_view(page, server_url, tmp_path):  # noqa: F81
         expect(page.locator("#compare")).to_be_hidden()  # until asked for
         page.click("#detail-compare")
         expect(page.locator("#compare")).to_be_visible()
+        # The result's picture is fetched, then set: wait for this result's (not the last one's).
+        before = json.dumps(sources[-1][0] if sources else "")
         until(
             page,
             "() => ['compare-query', 'compare-result'].every(id => {"
-            " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0 })",
+            " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0 })"
+            f" && document.getElementById('compare-result').getAttribute('src') !== {before}",
         )
         sizes = page.evaluate(
             "['compare-query', 'compare-result'].map(id => {"
