@@ -61,6 +61,9 @@ def main() -> None:
     )
     parser.add_argument("--region-refs", type=int, default=1000, help="references of that subset")
     parser.add_argument(
+        "--query-regions", action="store_true", help="with --regions: the queries' windows too"
+    )
+    parser.add_argument(
         "--sure",
         type=float,
         default=SURE,
@@ -103,11 +106,18 @@ def main() -> None:
         win = ch.region_vectors(vec, model, 288, True, [ref_keys[i] for i in sub], WINDOW_SIDE)
         full = q[test] @ r[sub].T
         best_window = np.max(np.stack([q[test] @ win[:, j].T for j in range(WINDOWS)]), 0)
-        out = []
-        for label, sc in (
+        variants = [
             ("P(copy)", full),
             ("P(copy) + region descriptors", np.maximum(full, best_window - WINDOW_MARGIN)),
-        ):
+        ]
+        if args.query_regions:  # the query's windows against the whole references too
+            qkeys = [q_keys[i] for i in test]
+            qwin = ch.region_vectors(vec, model, 288, True, qkeys, WINDOW_SIDE)
+            query_window = np.max(np.stack([qwin[:, j] @ r[sub].T for j in range(WINDOWS)]), 0)
+            both = np.maximum(best_window, query_window) - WINDOW_MARGIN
+            variants.append(("P(copy) + query and reference windows", np.maximum(full, both)))
+        out = []
+        for label, sc in variants:
             ids_s, cos_s = ch.top_k(sc, ch.K + 20)
             p = np.stack([cal.probability(c[: ch.K], cal.kth(c)) for c in cos_s])
             order = np.argsort(-p, axis=1, kind="stable")

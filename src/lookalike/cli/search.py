@@ -351,7 +351,7 @@ def search(
                     continue
                 report(str(image), hits)
         if grid is not None and shown:
-            err.print(f"grid written to {_write_grid(shown, grid)}", highlight=False)
+            err.print(f"grid written to {_write_grid(shown, grid, box)}", highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -511,8 +511,10 @@ def _print_results(query: str, results: list) -> None:
     out.print(table)
 
 
-def _write_grid(shown: list, target: Path) -> Path:
-    """One row per query; with --verify each result is framed green (verified) or red."""
+def _write_grid(shown: list, target: Path, box: validate.Region | None = None) -> Path:
+    """One row per query; with --verify each result is framed green (verified) or red, a
+    verified result's matched region is boxed (amber) on its tile, and the row ends with the
+    query beside its first verified result, lines between their matched keypoints."""
     from lookalike.grid import BAD, GOOD, QUERY, Tile, render, search_grid
 
     if not any(r.verified is not None for _, results in shown for r in results):
@@ -522,16 +524,58 @@ def _write_grid(shown: list, target: Path) -> Path:
         row = [Tile(query, "query", Path(query).name, frame=QUERY)]
         for i, r in enumerate(results, 1):
             checked = f"verified {r.inliers}" if r.verified else "not verified"
+            # The region is in the result's original pixels (its recorded size).
+            region = r.region if r.verified else None
             row.append(
                 Tile(
                     r.path,
                     f"#{i} {r.score:.3f} {checked}",
                     Path(r.path).name,
                     frame=GOOD if r.verified else BAD,
+                    box=region,
+                    box_size=(r.width, r.height) if region is not None and r.width else None,
                 )
             )
+        panel = _pair_tile(query, results, box)
+        if panel is not None:
+            row.append(panel)
         rows.append(row)
     return render(rows, target)
+
+
+def _pair_tile(query: str, results: list, box: validate.Region | None):
+    """A grid tile two cells wide: the query (its region, with --region) beside its first
+    verified result, a line between each pair of matched keypoints, the region boxed; None
+    when no result is verified or the query cannot be read again."""
+    from lookalike.grid import GOOD, Tile, pair_panel
+    from lookalike.images import decode
+    from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
+    from lookalike.keypoints.verify import verify
+
+    first = next((r for r in results if r.verified), None)
+    if first is None:
+        return None
+    picture, problem = _query_of(Path(query), box)
+    candidate = decode_any(first.paths or (first.path,), VERIFY_SIDE)
+    if problem is not None or candidate is None:
+        return None
+    try:
+        picture = decode(picture, min_side=VERIFY_SIDE)
+    except (ImageError, OSError):
+        return None
+    outcome = verify(picture, candidate)
+    if not outcome.verified or outcome.pairs is None:
+        return None
+    rank = results.index(first) + 1
+    return Tile(
+        pair_panel(
+            picture, candidate, outcome.pairs[:: max(1, len(outcome.pairs) // 150)], outcome.region
+        ),
+        f"keypoints: query and #{rank}",
+        f"{outcome.inliers} matches agree",
+        frame=GOOD,
+        span=2,
+    )
 
 
 def register(app: typer.Typer) -> None:

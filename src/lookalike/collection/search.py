@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -205,8 +206,18 @@ class Searching:
             _no_expansion(expand)
             scoring = capability("copies.scoring")
             allowed = self.ids_where(where)
+            windows = []  # the image's own windows, when the collection describes them
+            for space in scoring.region_spaces_of(self):
+                with contextlib.suppress(KeyError):  # not described yet (an incomplete space)
+                    windows.append(self.catalogue.vectors(space, [int(image_id)]))
             return scoring.search_copies(
-                self, None, k, vector=vector, where=allowed, exclude=[int(image_id)]
+                self,
+                None,
+                k,
+                vector=vector,
+                windows=np.concatenate(windows) if windows else None,
+                where=allowed,
+                exclude=[int(image_id)],
             )
         return self.search_vectors(
             vector, k, space=space, expand=expand, where=where, exclude=[int(image_id)]

@@ -126,7 +126,7 @@ def duplicates_command(
     path = collection or default_collection()
     with errors(), Collection.open(path) as col:
         if decide is not None:
-            record_decision(col, decide, files or [])
+            record_decision(col, decide, files or [], threshold=threshold, k=k)
             err.print(f"decision recorded: {decide} {' '.join(str(f) for f in files or [])}")
         near = COPY_SPACE in col.spaces()
         if not near:

@@ -5,14 +5,16 @@ a suggested original; decisions that stick, moving the others away, and pictures
 Without a copy space, :func:`duplicates` reports exact copies only and says how to add it
 (PDQ over re-decoded files would be as slow as adding the copy space, and catches less).
 
-**Decisions** (:func:`decide`) are kept in the collection's catalogue (the ``meta`` entry
-``duplicates.decisions``, SQLite and PostgreSQL alike) by content hash, so they survive
-re-indexing, moves and renames, and every later run respects them:
+**Decisions** (:func:`decide` by file, :func:`decide_ids` by image id as the REST API names
+images) are kept in the collection's catalogue (the ``meta`` entry ``duplicates.decisions``,
+SQLite and PostgreSQL alike) by content hash, so they survive re-indexing, moves and renames,
+and every later run respects them:
 
 - ``distinct`` on a pair of files: those two pictures are not duplicates (their edge is dropped
   before the groups are formed; two files of one content: those identical files are meant);
   on one file: every pair of its current group;
-- ``keep`` on a file: it is the original of whatever group it is in;
+- ``keep`` on a file: it is the original of whatever group it is in (a later ``keep`` in that
+  group replaces it);
 - ``forget``: the decisions naming these files are dropped.
 
 **Moves** (:func:`move_duplicates`) keep the collection true: each moved file's path is
@@ -326,55 +328,154 @@ class Decisions:
         return out
 
 
-def decide(col: Collection, action: str, paths: Sequence[str | Path]) -> Decisions:
+class DecisionError(CollectionError, ValueError):
+    """A decision that cannot be recorded as asked: an unknown action, the wrong number of
+    files or images, one the collection does not hold, or a file in no group."""
+
+
+def decide(
+    col: Collection,
+    action: str,
+    paths: Sequence[str | Path],
+    *,
+    threshold: float | None = None,
+    k: int = 10,
+) -> Decisions:
     """Record a decision about duplicates, kept in the collection (see the module docstring):
     ``"distinct"`` with two files (that pair) or one (its current group), ``"keep"`` with one
     file, ``"forget"`` with any files (their decisions dropped). Returns every decision.
+    ``threshold`` and ``k``: how the current group of a file is found (as :func:`duplicates`).
 
     Raises:
-        CollectionError: a file the collection does not hold, or the wrong number of files.
+        DecisionError: a file the collection does not hold, or the wrong number of files.
 
     Example:
         >>> decide(col, "distinct", ["/p/a.jpg", "/p/a-crop.jpg"])  # doctest: +SKIP
     """
-    if action not in ACTIONS:
-        raise CollectionError(f"a decision is one of {', '.join(ACTIONS)}, not {action!r}")
-    if not paths:
-        raise CollectionError(f"{action}: name the files it is about")
+    check_decision(action, len(paths), "files")
     with col.writing():
         known = col.catalogue.file_states()
         files = [_known_path(p, known) for p in paths]
         unknown = [f for f in files if f not in known]
         if unknown:
-            raise CollectionError(f"not in {col.path}: {', '.join(unknown[:3])}")
-        hashes = _hashes_of(col, {known[f][1] for f in files})
-        content = [hashes[known[f][1]] for f in files]
-        choices = Decisions.load(col)
-        if action == "keep":
-            if len(files) != 1:
-                raise CollectionError("keep: name the one file to keep")
-            choices.kept[content[0]] = files[0]
-        elif action == "forget":
-            gone = set(content)
-            choices.distinct = {p for p in choices.distinct if not (set(p) & gone)}
-            choices.kept = {h: p for h, p in choices.kept.items() if h not in gone}
-        elif len(files) == 2:
-            a, b = content
-            choices.distinct.add((min(a, b), max(a, b)))
-        elif len(files) == 1:
-            group = next((g for g in duplicates(col) if files[0] in g.paths), None)
-            if group is None:
-                raise CollectionError(f"{files[0]} is in no group of duplicates")
-            members = sorted(
-                _hashes_of(col, {group.original_id, *(o["id"] for o in group.others)}).values()
-            )
-            for i, a in enumerate(members):
-                for b in members[i:]:
-                    choices.distinct.add((a, b))
-        else:
-            raise CollectionError("distinct: name two files (a pair) or one (its group)")
-        choices.save(col)
-        return choices
+            raise DecisionError(f"not in {col.path}: {', '.join(unknown[:3])}")
+        ids = [known[f][1] for f in files]
+        return _record(col, action, ids, files, threshold, k)
+
+
+def decide_ids(
+    col: Collection,
+    action: str,
+    ids: Sequence[int],
+    *,
+    threshold: float | None = None,
+    k: int = 10,
+) -> Decisions:
+    """:func:`decide` by image ids (as the REST API names images): ``"distinct"`` with two
+    images (that pair) or one (its current group), ``"keep"`` with one image (any file of it
+    is the original), ``"forget"`` with any images. Returns every decision.
+
+    Raises:
+        DecisionError: an id the collection does not hold, or the wrong number of ids.
+
+    Example:
+        >>> decide_ids(col, "keep", [7])  # doctest: +SKIP
+    """
+    check_decision(action, len(ids), "images")
+    ids = [int(i) for i in ids]
+    if action == "distinct" and len(set(ids)) < len(ids):
+        raise DecisionError("distinct: name two different images (a pair) or one (its group)")
+    with col.writing():
+        records = col.catalogue.images(ids)
+        unknown = [str(i) for i, r in zip(ids, records, strict=True) if r is None]
+        if unknown:
+            raise DecisionError(f"no image {', '.join(unknown[:3])} in {col.path}")
+        return _record(col, action, ids, [""] * len(ids), threshold, k)
+
+
+def check_decision(action: str, count: int, what: str) -> None:
+    """The rules every decision follows (an action of :data:`ACTIONS`, how many files or
+    images it names: ``what``), checked before anything is read.
+
+    Raises:
+        DecisionError: a rule broken.
+    """
+    if action not in ACTIONS:
+        raise DecisionError(f"a decision is one of {', '.join(ACTIONS)}, not {action!r}")
+    if not count:
+        raise DecisionError(f"{action}: name the {what} it is about")
+    if action == "keep" and count != 1:
+        raise DecisionError(f"keep: name the one {what[:-1]} to keep")
+    if action == "distinct" and count > 2:
+        raise DecisionError(f"distinct: name two {what} (a pair) or one (its group)")
+
+
+def _record(
+    col: Collection,
+    action: str,
+    ids: list[int],
+    files: list[str],
+    threshold: float | None,
+    k: int,
+) -> Decisions:
+    """Record ``action`` on the images ``ids`` (``files``: the file meant of each, "" for any
+    of its files); called inside ``col.writing()``, the rules checked."""
+    hashes = _hashes_of(col, ids)
+    content = [hashes[i] for i in ids]
+    choices = Decisions.load(col)
+
+    def group_of() -> DuplicateGroup | None:
+        return next((g for g in duplicates(col, threshold, k) if ids[0] in _ids_of(g)), None)
+
+    if action == "keep":
+        # One original per group: a new choice replaces the group's earlier one.
+        group = group_of()
+        if group is not None:
+            for other in _hashes_of(col, _ids_of(group)).values():
+                choices.kept.pop(other, None)
+        choices.kept[content[0]] = files[0]
+    elif action == "forget":
+        gone = set(content)
+        choices.distinct = {p for p in choices.distinct if not (set(p) & gone)}
+        choices.kept = {h: p for h, p in choices.kept.items() if h not in gone}
+    elif len(ids) == 2:
+        a, b = content
+        choices.distinct.add((min(a, b), max(a, b)))
+    else:
+        group = group_of()
+        if group is None:
+            raise DecisionError(f"{files[0] or f'image {ids[0]}'} is in no group of duplicates")
+        members = sorted(_hashes_of(col, _ids_of(group)).values())
+        for i, a in enumerate(members):
+            for b in members[i:]:
+                choices.distinct.add((a, b))
+    choices.save(col)
+    return choices
+
+
+def _ids_of(group: DuplicateGroup) -> set[int]:
+    return {group.original_id, *(o["id"] for o in group.others)}
+
+
+def decisions_by_id(col: Collection, choices: Decisions | None = None) -> list[dict]:
+    """The decisions as image ids (as the REST API names images): ``{"decision": "distinct",
+    "images": [a, b]}`` per pair of images, ``{"decision": "keep", "images": [id]}`` per
+    chosen original. Decisions about images no longer held, and about identical files of one
+    image, are left out."""
+    choices = Decisions.load(col) if choices is None else choices
+    contents = {h for pair in choices.distinct for h in pair} | set(choices.kept)
+    ids = {h: col.catalogue.image_id_by_hash(h) for h in sorted(contents)}
+    out = []
+    for a, b in sorted(choices.distinct):
+        if a != b and ids[a] is not None and ids[b] is not None:
+            out.append({"decision": "distinct", "images": sorted([ids[a], ids[b]])})
+    out.sort(key=lambda d: d["images"])
+    out += [
+        {"decision": "keep", "images": [ids[h]]}
+        for h in sorted(choices.kept, key=lambda h: ids[h] or 0)
+        if ids[h] is not None
+    ]
+    return out
 
 
 def _known_path(path: str | Path, known: dict) -> str:

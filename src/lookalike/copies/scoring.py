@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lookalike.collection.manifest import COPY_SPACE
-from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any
+from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any, in_original
 from lookalike.keypoints.verify import Features, contained, extract, verify
 from lookalike.models.sscd import WINDOWS
 
@@ -228,7 +228,10 @@ def verify_hits(
     for rank, hit in enumerate(hits[:depth]):
         candidate = decode_any(hit.paths or (hit.path,), VERIFY_SIDE)
         outcome = check(features, candidate, mirrored if rank == 0 else None)
-        hit.verified, hit.inliers, hit.region = outcome.verified, outcome.inliers, outcome.region
+        hit.verified, hit.inliers = outcome.verified, outcome.inliers
+        hit.region = in_original(
+            outcome.region, candidate.size if candidate else (0, 0), (hit.width, hit.height)
+        )
         hit.score = cal.verified_probability(
             hit.cosine_or_score(), kth, outcome.verified, outcome.inliers, outcome.area
         )
@@ -253,26 +256,59 @@ def search_copies(
     k: int = 10,
     *,
     vector: np.ndarray | None = None,
+    windows: np.ndarray | None = None,
     verify: bool = False,
     where=None,
     exclude: Sequence[int] = (),
 ) -> list[SearchResult]:
     """The ``k`` best copy candidates of ``query`` in ``col``'s copy space, scored by P(copy)
     (see the module docstring), best first. ``vector``: the query's copy vector when already
-    computed. ``verify``: check the first few by keypoints (needs the query image). ``where``:
-    a filter (``Collection.search``); ``exclude``: ids never returned."""
+    computed; ``windows``: its region vectors (a collection with region descriptors: computed
+    from ``query`` when not given). ``verify``: check the first few by keypoints (needs the
+    query image). ``where``: a filter (``Collection.search``); ``exclude``: ids never
+    returned."""
     cal = calibration_of(col)
+    image = None
+    if vector is None or (windows is None and query is not None and region_spaces_of(col)):
+        image = _embeddable(col, query)  # decoded once for every space, as indexing decodes
     if vector is None:
-        vector = col.embed([query], COPY_SPACE)
+        vector = col.embed([image], COPY_SPACE)
     vector = np.asarray(vector, np.float32).reshape(1, -1)
+    if windows is None and isinstance(image, Image.Image):
+        windows = query_windows(col, image)
     wanted = max(k, cal.rank + NORMALISER_SLACK)
-    others = candidates(col, vector, wanted, exclude=exclude)
+    others = candidates(col, vector, wanted, exclude=exclude, windows=windows)
     kth = cal.kth([h.score for h in others])
-    hits = others[:k] if where is None else candidates(col, vector, k, where, exclude)
-    hits = score_hits(hits, kth, cal)
+    if where is not None:
+        others = candidates(col, vector, k, where, exclude, windows=windows)
+    hits = score_hits(others[:k], kth, cal)
     if verify and hits:
         hits = verify_hits(query, hits, kth, cal)
     return hits
+
+
+def _embeddable(col: Collection, query: object) -> Image.Image:
+    """The query decoded as the collection decodes what it indexes (a vector passes through:
+    ``Collection.embed``)."""
+    from lookalike.images import decode
+
+    if isinstance(query, np.ndarray):
+        return query
+    return decode(query, min_side=col.decode_side)
+
+
+def region_spaces_of(col: Collection) -> list[str]:
+    """The region spaces of ``col`` (``copy-window0`` ...), empty without region descriptors."""
+    return [space for space in REGION_SPACES if space in col.spaces()]
+
+
+def query_windows(col: Collection, image: Image.Image) -> np.ndarray | None:
+    """The query's own windows, embedded as the references' are (one vector per region
+    space), or None when ``col`` has no region descriptors."""
+    spaces = region_spaces_of(col)
+    if not spaces:
+        return None
+    return np.concatenate([col.embed([image], space) for space in spaces])
 
 
 def candidates(
@@ -281,16 +317,23 @@ def candidates(
     k: int,
     where=None,
     exclude: Sequence[int] = (),
+    *,
+    windows: np.ndarray | None = None,
 ) -> list[SearchResult]:
-    """The ``k`` references most similar to a query's copy vector, by cosine; with region
-    descriptors, a reference's score is the better of its whole-image cosine and its best
-    window's less :data:`WINDOW_MARGIN`."""
+    """The ``k`` references most similar to a query's copy vector, by cosine. With region
+    descriptors, a reference's score is the best of its whole-image cosine, and, less
+    :data:`WINDOW_MARGIN`, its best window's against the query and its whole image's against
+    the query's best window (``windows``): a crop matches a window of its original, a copy
+    pasted into another picture matches through a window of the query."""
+    searches = [(COPY_SPACE, vector, 0.0)]
+    searches += [(space, vector, WINDOW_MARGIN) for space in region_spaces_of(col)]
+    if windows is not None:
+        searches += [(COPY_SPACE, w[None], WINDOW_MARGIN) for w in windows]
     found = {}
-    for space in (COPY_SPACE, *(s for s in REGION_SPACES if s in col.spaces())):
-        hits = col.search_vectors(vector, k, space=space, expand=0, where=where, exclude=exclude)[0]
+    for space, query, margin in searches:
+        hits = col.search_vectors(query, k, space=space, expand=0, where=where, exclude=exclude)[0]
         for hit in hits:
-            if space != COPY_SPACE:
-                hit.score -= WINDOW_MARGIN
+            hit.score -= margin
             if hit.id not in found or hit.score > found[hit.id].score:
                 found[hit.id] = hit
     return sorted(found.values(), key=lambda h: -h.score)[:k]

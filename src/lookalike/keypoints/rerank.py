@@ -36,6 +36,26 @@ def decode_any(paths: Sequence[str], min_side: int):
     return None
 
 
+def in_original(
+    region: tuple[int, int, int, int] | None,
+    decoded: tuple[int, int],
+    original: tuple[int, int],
+) -> tuple[int, int, int, int] | None:
+    """A box found on the picture as decoded for verification (large JPEGs are decoded at a
+    reduced scale) in the pixels of the original (its recorded ``width`` x ``height``; the
+    box as found when they are unknown).
+
+    Example:
+        >>> in_original((10, 20, 30, 40), (1024, 768), (4096, 3072))
+        (40, 80, 120, 160)
+    """
+    if region is None or not all(original) or tuple(decoded) == tuple(original):
+        return region
+    sx, sy = original[0] / decoded[0], original[1] / decoded[1]
+    x0, y0, x1, y1 = region
+    return (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+
+
 def query_features(query: object) -> Features:
     """RootSIFT features of a query (path, bytes, PIL image or pixel array), computed once."""
     if isinstance(query, np.ndarray) and query.ndim == 1:
@@ -68,7 +88,11 @@ def verify_results(
         outcome = verify(features, candidate)
         result.verified = outcome.verified
         result.inliers = outcome.inliers
-        result.region = outcome.region if outcome.verified else None
+        result.region = (
+            in_original(outcome.region, candidate.size, (result.width, result.height))
+            if outcome.verified
+            else None
+        )
     ranked = sorted(
         checked,
         key=lambda r: (not r.verified, -(r.inliers or 0) if r.verified else 0, -r.score),

@@ -110,6 +110,9 @@ class Verification:
             clipped to the candidate; None without a usable homography.
         verified: enough inliers and a sane homography.
         reason: why the pair was not verified ("" when it was).
+        pairs: (n, 4) float32 rows of query x, y and candidate x, y, in the original pixels of
+            each image: the matches counted as inliers of the fitted homography (for drawing
+            them); None when no homography was fitted.
     """
 
     inliers: int
@@ -118,6 +121,7 @@ class Verification:
     region: tuple[int, int, int, int] | None
     verified: bool
     reason: str = ""
+    pairs: np.ndarray | None = None
 
 
 def to_gray(image: ImageLike) -> np.ndarray:
@@ -348,6 +352,8 @@ def verify(
     if fitted is None:
         return Verification(0, len(pairs), None, None, False, "no homography found")
     inliers = int(np.count_nonzero(mask))
+    kept = pairs[mask]
+    points = np.hstack([q.keypoints[kept[:, 0]], c.keypoints[kept[:, 1]]]).astype(np.float32)
     homography = to_original_pixels(fitted, q.scale, c.scale)
     problem = homography_problem(homography, q.size, c.size)
     region = None if problem else region_of(homography, q.size, c.size)
@@ -355,7 +361,7 @@ def verify(
         problem = "mapped query misses the candidate"
     if not problem and inliers < min_inliers:
         problem = f"{inliers} inliers < {min_inliers}"
-    return Verification(inliers, len(pairs), homography, region, not problem, problem)
+    return Verification(inliers, len(pairs), homography, region, not problem, problem, points)
 
 
 def fit_homography(

@@ -263,7 +263,10 @@ class CatalogQueries:
             original = record(group.original_id)
             if others and original is not None:
                 others.sort(key=lambda o: -o["score"])
-                groups.append({"original": record_json(catalog_id, original), "others": others})
+                entry = {"original": record_json(catalog_id, original), "others": others}
+                if group.decided:
+                    entry["decided"] = "keep"  # the original was chosen (a "keep" decision)
+                groups.append(entry)
         groups.sort(key=lambda g: (-len(g["others"]), -g["others"][0]["score"]))
         spec = col.spaces()[COPY_SPACE]
         return {
@@ -276,6 +279,53 @@ class CatalogQueries:
             "total_groups": len(groups),
             "groups": groups[:limit],
         }
+
+    def duplicate_decisions(self, catalog_id: str) -> dict:
+        """The duplicates decisions kept in the catalogue, by image id
+        (``copies.duplicates.decisions_by_id``)."""
+        from lookalike.copies.duplicates import decisions_by_id
+
+        return {"decisions": decisions_by_id(self.reader(catalog_id))}
+
+    def decide_duplicates(
+        self,
+        catalog_id: str,
+        decision: str,
+        images: Sequence[int],
+        *,
+        threshold: float | None = None,
+        k: int = 10,
+    ) -> dict:
+        """Record a duplicates decision about image ids (``copies.duplicates.decide_ids``:
+        ``distinct`` a pair, or one image's whole group; ``keep`` one image as its group's
+        original; ``forget`` the decisions naming these images) under the write lock; the
+        decisions now held. The rules broken answer 400, an unknown image 404."""
+        from lookalike.copies.duplicates import (
+            DecisionError,
+            check_decision,
+            decide_ids,
+            decisions_by_id,
+        )
+
+        try:
+            check_decision(decision, len(images), "images")
+        except DecisionError as exc:
+            raise BadRequestError(str(exc)) from None
+        self.get(catalog_id)
+        ids = [int(i) for i in images]
+        with self.write_lock(catalog_id):
+            col = self.writer(catalog_id)
+            known = {r.id for r in col.catalogue.images([i for i in ids if 0 <= i <= 2**62]) if r}
+            missing = [i for i in ids if i not in known]
+            if missing:
+                raise NotFoundError(f"no image {missing[0]} in this catalogue")
+            try:
+                choices = self._retry_busy(
+                    lambda: decide_ids(col, decision, ids, threshold=threshold, k=k)
+                )
+            except DecisionError as exc:
+                raise BadRequestError(str(exc).replace(str(col.path), "this catalogue")) from None
+            return {"decisions": decisions_by_id(col, choices)}
 
     # -- detection ------------------------------------------------------------------------------
     def detect(
@@ -340,3 +390,117 @@ class CatalogQueries:
             "items": items,
             "seconds": round(time.perf_counter() - start, 3),
         }
+
+    # -- compare: why a query and a stored image match --------------------------------------------
+    def match_options(self, region: Sequence[float] | None = None) -> dict:
+        """How the images of :meth:`match` are decoded: reduced (the JPEG draft scale) to what
+        keypoint verification uses, in full for a query region (it is cropped first); always
+        under ``max_pixels`` and ``max_decode_bytes``."""
+        from lookalike.keypoints.rerank import VERIFY_SIDE
+
+        return dict(
+            min_side=None if region is not None else VERIFY_SIDE,
+            max_pixels=self.config.max_pixels,
+            max_bytes=self.config.max_decode_bytes,
+        )
+
+    def match_cost(
+        self, catalog_id: str, image_id: int, image: bytes, region: Sequence[float] | None = None
+    ) -> int:
+        """The decode memory :meth:`match` takes (the query's and the stored image's decodes):
+        what the request reserves from the budget before its thread starts."""
+        stored, _ = self.blob(catalog_id, image_id, "original")
+        return decode_cost(image, **self.match_options(region)) + decode_cost(
+            stored, **self.match_options()
+        )
+
+    def match(
+        self,
+        catalog_id: str,
+        image_id: int,
+        image: bytes,
+        *,
+        region: Sequence[float] | None = None,
+        most: int | None = None,
+    ) -> dict:
+        """Keypoint verification of a query image (or a ``region`` of it) against a stored
+        image (``keypoints.verify``): whether it is verified, the inliers, the matched region
+        of the stored image (x0, y0, x1, y1 in its pixels; None unless verified), and at most
+        ``most`` (:data:`MATCH_PAIRS`) inlier pairs [qx, qy, cx, cy] (query pixels, then stored
+        image pixels; evenly sampled), with both images' sizes (the frames of those pixels)."""
+        import numpy as np
+
+        from lookalike.keypoints.verify import verify
+
+        record = self.reader(catalog_id).get(image_id)
+        if record is None:
+            raise NotFoundError(f"no image {image_id} in this catalogue")
+        stored, _ = self.blob(catalog_id, image_id, "original")
+        query = decode(image, **self.match_options(region))
+        offset = (0, 0)
+        if region is not None:
+            part = crop(query, region)
+            offset = (round(float(region[0]) * query.width), round(float(region[1]) * query.height))
+        else:
+            part = query
+        candidate = decode(stored, **self.match_options())
+        result = verify(part, candidate)
+        query_size = upright_size(image) or query.size
+        image_size = (record.width, record.height) if record.width and record.height else None
+        image_size = image_size or candidate.size
+        # Decoded pixels (reduced by the draft scale) to each image's own pixels.
+        scale = np.array(
+            [
+                query_size[0] / query.width,
+                query_size[1] / query.height,
+                image_size[0] / candidate.width,
+                image_size[1] / candidate.height,
+            ],
+            np.float64,
+        )
+        pairs = np.zeros((0, 4)) if result.pairs is None else result.pairs.astype(np.float64)
+        most = MATCH_PAIRS if most is None else most
+        if len(pairs) > most:
+            pairs = pairs[np.linspace(0, len(pairs) - 1, most).round().astype(int)]
+        pairs = (pairs + 0.5 + [offset[0], offset[1], 0, 0]) * scale - 0.5
+        box = None
+        if result.verified and result.region is not None:
+            x0, y0, x1, y1 = result.region
+            box = list(
+                clip_box((x0 * scale[2], y0 * scale[3], x1 * scale[2], y1 * scale[3]), *image_size)
+            )
+        return {
+            "id": image_id,
+            "verified": bool(result.verified),
+            "inliers": int(result.inliers),
+            "matches": int(result.matches),
+            "reason": result.reason,
+            "region": box,
+            "pairs": [[round(float(v), 1) for v in row] for row in pairs],
+            "query_size": [int(query_size[0]), int(query_size[1])],
+            "image_size": [int(image_size[0]), int(image_size[1])],
+        }
+
+
+#: The most keypoint pairs :meth:`CatalogQueries.match` answers (enough to draw).
+MATCH_PAIRS = 200
+
+
+def upright_size(data: bytes) -> tuple[int, int] | None:
+    """An image file's width and height as shown (EXIF orientation applied), from its header;
+    None when the header cannot tell (a RAW file)."""
+    import io
+
+    from PIL import Image
+
+    from lookalike.images import is_raw
+
+    if is_raw(data):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            orientation = header.getexif().get(0x0112, 1)
+    except Exception:  # decode() already read it: a damaged EXIF block only loses the turn
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -1,9 +1,13 @@
 """The copy and detection routes: near-duplicate groups of a catalogue (its copy space is added
-at the first call, as a job when large) and the catalogue items found inside a photo.
+at the first call, as a job when large), the decisions about them that stick ("not duplicates",
+"keep this one") and the catalogue items found inside a photo.
 
 Example:
     $ curl -s -X POST localhost:8000/catalogs/c_…/duplicates -H "Authorization: Bearer $KEY" \\
         -H 'content-type: application/json' -d '{"threshold": 0.9, "verify": false}'
+    $ curl -s -X POST localhost:8000/catalogs/c_…/duplicates/decisions \\
+        -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \\
+        -d '{"decision": "keep", "images": [7]}'
     $ curl -s -X POST localhost:8000/catalogs/c_…/detect -H "Authorization: Bearer $KEY" \\
         -F file=@shelf.jpg -F k=3
 """
@@ -14,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -43,6 +47,22 @@ class DuplicatesRequest(BaseModel):
     #: True: answer when done; False: always a job; unset: a job when the copy space must be
     #: computed for more than ``job_threshold`` images, or ``verify`` on a larger catalogue.
     wait: bool | None = None
+
+
+class DecisionRequest(BaseModel):
+    """A decision of ``POST /catalogs/{id}/duplicates/decisions``, kept in the catalogue and
+    respected by every later duplicates call."""
+
+    #: ``distinct``: not duplicates (two images: that pair; one image: its whole current
+    #: group); ``keep``: this one image is its group's original; ``forget``: drop the
+    #: decisions naming these images.
+    decision: str = Field(max_length=40)
+    #: The image ids the decision is about.
+    images: list[StrictInt] = Field(max_length=1000)
+    #: How the current group of one image is found for ``distinct`` and ``keep`` (as in
+    #: ``POST /catalogs/{id}/duplicates``; default: the copy model's calibrated threshold).
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    k: int = Field(default=10, ge=1, le=100)
 
 
 DETECT_FIELDS = {
@@ -131,6 +151,32 @@ async def duplicates(
         return start_job(catalogs, catalog_id, missing if add else 0, run, "duplicates")
     _, result = await run_in_threadpool(run)
     return JSONResponse(result)
+
+
+@router.get("/catalogs/{catalog_id}/duplicates/decisions", tags=["search"])
+async def duplicate_decisions(catalog_id: str, who: Caller, catalogs: ServerCatalogs) -> dict:
+    """The decisions about duplicates kept in the catalogue, by image id: ``distinct`` pairs
+    (not duplicates) and ``keep`` (the chosen original of its group)."""
+    readable(catalogs, catalog_id, who)
+    return await run_in_threadpool(catalogs.duplicate_decisions, catalog_id)
+
+
+@router.post("/catalogs/{catalog_id}/duplicates/decisions", tags=["search"])
+async def decide_duplicates(
+    catalog_id: str, body: DecisionRequest, who: Caller, catalogs: ServerCatalogs
+) -> dict:
+    """Record a decision about duplicates that later duplicates calls respect: ``distinct``
+    with two images (that pair is not a duplicate) or one (none of its current group is),
+    ``keep`` with one image (the original of its group), ``forget`` with any images (their
+    decisions dropped). Needs write rights; answers the decisions now held (as ``GET``).
+    400: an unknown decision or the wrong number of images (or ``distinct`` on one image in
+    no group); 404: an image the catalogue does not hold."""
+    writable(catalogs, catalog_id, who)
+    return await run_in_threadpool(
+        lambda: catalogs.decide_duplicates(
+            catalog_id, body.decision, body.images, threshold=body.threshold, k=body.k
+        )
+    )
 
 
 @router.post("/catalogs/{catalog_id}/words", tags=["search"])

@@ -1,10 +1,13 @@
 """The ``images`` routes: add images to a catalogue (files or URLs, small uploads at once and
-large ones as a job), poll jobs, list, read and delete images, their thumbnails and originals.
+large ones as a job), poll jobs, list, read and delete images, their thumbnails and originals,
+and match a query image against one of them (the keypoints that agree, for a compare view).
 
 Example:
     $ curl -s -X POST localhost:8000/catalogs/c_…/images -H "Authorization: Bearer $KEY" \\
         -F files=@a.jpg -F files=@b.jpg -F 'metadata=[{"sku": "A-1"}, {"sku": "B-2"}]'
     $ curl -s localhost:8000/catalogs/c_…/images/7/thumbnail -H "Authorization: Bearer $KEY"
+    $ curl -s -X POST localhost:8000/catalogs/c_…/images/7/match -H "Authorization: Bearer $KEY" \\
+        -F file=@crop.jpg
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lookalike.server.catalogs import Catalogs, Upload
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import ApiError
 from lookalike.server.jobs import Progress, start_job
+from lookalike.server.limits import quick
 
 router = APIRouter()
 #: An image id in a path: what the catalogue can hold.
@@ -163,6 +167,65 @@ def similar_images(
     readable(catalogs, catalog_id, who)
     filters = read_where(loads(where, "where") if where else None, catalogs.config)
     return {"results": catalogs.similar(catalog_id, image_id, k, filters)}
+
+
+MATCH_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "url": {"type": "string"},
+                        "region": {"type": "string", "description": "x,y,w,h in 0..1"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "region": {"type": "array", "items": {"type": "number"}},
+                    },
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@router.post(
+    "/catalogs/{catalog_id}/images/{image_id}/match", tags=["images"], openapi_extra=MATCH_BODY
+)
+async def match_image(
+    catalog_id: str,
+    image_id: Annotated[int, IMAGE_ID],
+    request: Request,
+    who: Caller,
+    catalogs: ServerCatalogs,
+) -> dict:
+    """Why a query image (upload or URL, optionally a region of it, read as the search route
+    reads it) matches a stored image: keypoint verification's answer, with the matched region
+    of the stored image and up to 200 keypoint pairs [qx, qy, cx, cy] (query pixels, stored
+    image pixels) to draw; ``query_size`` and ``image_size`` are those pixels' frames."""
+    from lookalike.server.routes_search import read_search
+
+    config = catalogs.config
+    readable(catalogs, catalog_id, who)
+    query = await read_search(request, config)
+    if query["url"] and query["image"] is None:
+        query["image"] = await fetch_image(query["url"], catalogs)
+    if query["image"] is None:
+        raise ApiError(400, "give the query image: a file or an image url")
+    image, region = query["image"], query["region"]
+    cost = await quick(catalogs.match_cost, catalog_id, image_id, image, region)
+    async with catalogs.budget.hold_async(cost, config.queue_wait_seconds):
+        return await run_in_threadpool(
+            lambda: catalogs.match(catalog_id, image_id, image, region=region)
+        )
 
 
 @router.get("/catalogs/{catalog_id}/images/{image_id}/thumbnail", tags=["images"])

@@ -247,6 +247,7 @@ async function similar() {
   say(`${results.length} image${results.length === 1 ? "" : "s"} like #${item.id}.`);
 }
 
+// -- compare view: the query beside a result, the keypoints that agree drawn between them ----
 async function compare() {
   const item = state.current;
   if (!state.query) { say("Pick a query image first to compare with.", true); return; }
@@ -254,9 +255,90 @@ async function compare() {
   $("compare").hidden = shown;
   $("detail-image").hidden = !shown;
   if (!shown) {
-    $("compare-query").src = URL.createObjectURL(state.query);
+    state.match = null;
+    $("compare-lines").replaceChildren();
+    $("compare-blend").hidden = true;
+    $("compare-status").textContent = "Comparing keypoints…";
+    $("compare-status").classList.remove("bad");
+    const queryUrl = URL.createObjectURL(state.query);
+    $("compare-query").src = queryUrl;
+    $("compare-blend").src = queryUrl;
+    const matching = matchWith(item).catch((error) => ({ error }));
     $("compare-result").src = await imageUrl(item.original);
+    const match = await matching;
+    if (state.current !== item || $("compare").hidden) return;  // another result meanwhile
+    await Promise.all(["compare-query", "compare-result"].map((id) => $(id).decode().catch(() => {})));
+    if (match.error) {
+      $("compare-status").textContent = `Keypoints not compared: ${match.error.message}`;
+      $("compare-status").classList.add("bad");
+      state.match = { pairs: [], region: null, verified: false };
+    } else {
+      state.match = match;
+      $("compare-status").textContent = match.verified
+        ? `Verified: ${match.inliers} keypoint matches agree${match.pairs.length < match.inliers ? ` (${match.pairs.length} drawn)` : ""}.`
+        : `Not verified: ${match.reason || "the keypoints do not agree"}.`;
+      $("compare-status").classList.toggle("bad", !match.verified);
+    }
+    drawMatch();
   }
+}
+
+// POST /catalogs/{id}/images/{image}/match with the query as it was searched (its region too).
+async function matchWith(item) {
+  const form = new FormData();
+  form.append("file", state.query, "query");
+  if (state.region) form.append("region", state.region.map((v) => v.toFixed(4)).join(","));
+  return apiJson(`/catalogs/${state.catalog}/images/${item.id}/match`, { method: "POST", body: form });
+}
+
+// Lines and the region box in an SVG over both figures, in its pixels: each point is scaled by
+// its image's displayed size over the size the server measured it in.
+function drawMatch() {
+  const match = state.match;
+  const svg = $("compare-lines");
+  if (!match || $("compare").hidden) return;
+  const base = $("compare-pair").getBoundingClientRect();
+  const q = $("compare-query").getBoundingClientRect(), r = $("compare-result").getBoundingClientRect();
+  const querySize = match.query_size || [$("compare-query").naturalWidth, $("compare-query").naturalHeight];
+  const imageSize = match.image_size || [$("compare-result").naturalWidth, $("compare-result").naturalHeight];
+  const qx = (x) => q.left - base.left + x * q.width / querySize[0];
+  const qy = (y) => q.top - base.top + y * q.height / querySize[1];
+  const rx = (x) => r.left - base.left + x * r.width / imageSize[0];
+  const ry = (y) => r.top - base.top + y * r.height / imageSize[1];
+  const ns = "http://www.w3.org/2000/svg";
+  const shape = (kind, attributes, className) => {
+    const element = document.createElementNS(ns, kind);
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value.toFixed ? value.toFixed(1) : value);
+    if (className) element.setAttribute("class", className);
+    return element;
+  };
+  svg.setAttribute("viewBox", `0 0 ${base.width.toFixed(1)} ${base.height.toFixed(1)}`);
+  const shapes = [];
+  if (match.region) {
+    const [x0, y0, x1, y1] = match.region;
+    shapes.push(shape("rect", { x: rx(x0), y: ry(y0), width: rx(x1) - rx(x0), height: ry(y1) - ry(y0) }, "region"));
+  }
+  match.pairs.forEach(([ax, ay, bx, by], i) => {
+    const line = shape("line", { x1: qx(ax), y1: qy(ay), x2: rx(bx), y2: ry(by) },
+      match.verified ? "pair" : "pair weak");
+    if (match.verified) line.style.stroke = `hsl(${(i * 47) % 360} 85% 50%)`;  // CSSOM: allowed by the CSP
+    shapes.push(line);
+  });
+  svg.replaceChildren(...shapes);
+  svg.toggleAttribute("hidden", !$("compare-show-lines").checked);  // an SVG has no .hidden
+  placeBlend();
+}
+
+// The query laid over the result: on the matched region when there is one, else on all of it.
+function placeBlend() {
+  const match = state.match, blend = $("compare-blend");
+  if (!match) return;
+  const size = match.image_size || [$("compare-result").naturalWidth, $("compare-result").naturalHeight];
+  const [x0, y0, x1, y1] = match.region || [0, 0, size[0], size[1]];
+  Object.assign(blend.style, { left: `${(100 * x0) / size[0]}%`, top: `${(100 * y0) / size[1]}%`,
+    width: `${(100 * (x1 - x0)) / size[0]}%`, height: `${(100 * (y1 - y0)) / size[1]}%`,
+    opacity: `${$("compare-opacity").value / 100}` });
+  blend.hidden = false;
 }
 
 async function readWords() {
@@ -374,7 +456,11 @@ function drawDetections(items) {
 }
 
 // -- duplicates (POST /duplicates; a job when the copy space is computed for many images) ----
-async function findDuplicates() {
+// Decisions ("Not duplicates", "Keep this one") are kept by the catalogue
+// (POST /duplicates/decisions) and respected by every later search for duplicates.
+const findDuplicates = () => refreshDuplicates();
+
+async function refreshDuplicates(note = "") {
   if (!state.catalog) return;
   say("Looking for duplicates…");
   const response = await api(`/catalogs/${state.catalog}/duplicates`, { method: "POST",
@@ -389,24 +475,86 @@ async function findDuplicates() {
       say(`Computing copy-detection vectors: ${job.done} / ${job.total}…`);
     }
   }
-  showDuplicates(answer);
+  let decisions = [];
+  try {
+    ({ decisions } = await apiJson(`/catalogs/${state.catalog}/duplicates/decisions`));
+  } catch (_) { /* the groups are shown without their decisions */ }
+  showDuplicates(answer, decisions, note);
 }
 
-function showDuplicates(answer) {
+async function decideDuplicates(decision, images, note) {
+  document.querySelectorAll("#results .decide").forEach((button) => { button.disabled = true; });
+  say("Recording the decision…");
+  await apiJson(`/catalogs/${state.catalog}/duplicates/decisions`, { method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ decision, images }) });
+  await refreshDuplicates(note);
+}
+
+function decisionButton(text, title, action) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small decide";
+  button.textContent = text;
+  button.title = title;
+  button.addEventListener("click", (event) => {
+    event.stopPropagation();
+    action().catch((error) => say(error.message, true));
+  });
+  return button;
+}
+
+function duplicateItem(item, group, isOriginal) {
+  const decided = isOriginal && group.decided === "keep";
+  const card = makeCard(item, !isOriginal, isOriginal ? (decided ? "kept ✓" : "original") : "");
+  if (isOriginal) card.classList.add("original");
+  if (decided) card.classList.add("decided");
+  const keep = decisionButton(decided ? "Kept" : "Keep this one",
+    "This one is the original of its group (remembered by the catalogue)",
+    () => decideDuplicates("keep", [item.id], `Kept ${itemName(item)} as the original.`));
+  keep.classList.add("keep");
+  keep.disabled = decided;
+  const wrap = document.createElement("div");
+  wrap.className = "dupe";
+  wrap.append(card, keep);
+  return wrap;
+}
+
+function showDuplicates(answer, decisions = [], note = "") {
   blobUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
   const nodes = [];
+  if (decisions.length) {
+    const line = document.createElement("div");
+    line.className = "group decisions";
+    const text = document.createElement("span");
+    const kept = decisions.filter((d) => d.decision === "keep").length;
+    const apart = decisions.length - kept;
+    text.textContent = `Decisions kept: ${[
+      apart ? `${apart} pair${apart === 1 ? "" : "s"} not duplicates` : "",
+      kept ? `${kept} original${kept === 1 ? "" : "s"} chosen` : ""].filter(Boolean).join(", ")}. `;
+    const images = [...new Set(decisions.flatMap((d) => d.images))];
+    const forget = decisionButton("Forget them", "Drop these decisions: the groups are found as before",
+      () => decideDuplicates("forget", images, "Decisions forgotten."));
+    forget.id = "forget-decisions";
+    line.append(text, forget);
+    nodes.push(line);
+  }
   answer.groups.forEach((group, i) => {
     const title = document.createElement("div");
     title.className = "group";
-    title.textContent = `Group ${i + 1}: ${group.others.length + 1} images`;
-    const original = makeCard(group.original, false, "original");
-    original.classList.add("original");
-    nodes.push(title, original, ...group.others.map((item) => makeCard(item, true)));
+    const text = document.createElement("span");
+    text.textContent = `Group ${i + 1}: ${group.others.length + 1} images`
+      + (group.decided === "keep" ? " · original chosen " : " ");
+    const apart = decisionButton("Not duplicates", "None of these images is a copy of another (remembered)",
+      () => decideDuplicates("distinct", [group.original.id], `Group ${i + 1} marked not duplicates.`));
+    apart.classList.add("distinct");
+    title.append(text, apart);
+    nodes.push(title, duplicateItem(group.original, group, true),
+      ...group.others.map((item) => duplicateItem(item, group, false)));
   });
   $("results").replaceChildren(...nodes);
   const n = answer.total_groups;
-  say(n ? `${n} group${n === 1 ? "" : "s"} of duplicates (copy score ≥ ${answer.threshold}).`
-    : `No duplicates among ${answer.images} images.`);
+  say((n ? `${n} group${n === 1 ? "" : "s"} of duplicates (copy score ≥ ${answer.threshold}).`
+    : `No duplicates among ${answer.images} images.`) + (note ? ` ${note}` : ""));
 }
 
 async function openDetails(item) {
@@ -483,6 +631,11 @@ function wire() {
   $("detail-delete").addEventListener("click", deleteCurrent);
   $("detail-similar").addEventListener("click", run(similar));
   $("detail-compare").addEventListener("click", run(compare));
+  $("compare-opacity").addEventListener("input", placeBlend);
+  $("compare-show-lines").addEventListener("change", () => {
+    $("compare-lines").toggleAttribute("hidden", !$("compare-show-lines").checked);
+  });
+  window.addEventListener("resize", drawMatch);
   $("filter-kind").addEventListener("change", () => { $("filter-value").placeholder = FILTER_HINTS[$("filter-kind").value]; });
   $("filter-form").addEventListener("submit", (event) => {
     event.preventDefault();
