@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def corel(tmp_path_factory: pytest.TempPathFactory, embedder) -> dict:
     for j in (3, 8):
         _quarter(Image.open(dinos[j]).convert("RGB"), j).save(queries / f"quarter-dino{j}.jpg")
         originals[f"quarter-dino{j}.jpg"] = dinos[j].name
+    background = Image.open(root / "mountains" / sorted(os.listdir(root / "mountains"))[0])
+    for i in EDITED[:3]:  # pasted, at half its size, into a corner of a photo not indexed
+        scene = background.convert("RGB").copy()
+        w, h = scene.size
+        scene.paste(Image.open(others[i]).convert("RGB").resize((w // 2, h // 2)), (w // 2, h // 2))
+        scene.save(queries / f"pasted-{i}.jpg", quality=85)
+        originals[f"pasted-{i}.jpg"] = others[i].name
     plain = base / "plain"
     with Collection.create(plain, embedder=embedder, copy_model="sscd-mobile") as col:
         col.sync([photos])
@@ -159,6 +167,22 @@ def test_region_descriptors_find_a_quarter_crop_as_a_copy(corel: dict, embedder)
     with Collection.open(corel["plain"], embedder=embedder) as col:
         for name in ("quarter-dino3.jpg", "quarter-dino8.jpg"):
             assert col.search(queries / name, k=5, space="copy")[0].score < threshold
+
+
+def test_region_descriptors_find_a_copy_pasted_into_another_photo(corel: dict, embedder) -> None:
+    """A photo pasted at half its size into a corner of another: with region descriptors the
+    query's own windows find it at rank 1, called a copy; the whole query alone does not."""
+    queries = corel["queries"]
+    pasted = [f"pasted-{i}.jpg" for i in EDITED[:3]]
+    with Collection.open(corel["regions"], embedder=embedder) as col:
+        threshold = threshold_for(col)
+        for name in pasted:
+            best = col.search(queries / name, k=5, space="copy")[0]
+            assert Path(best.path).name == corel["originals"][name], name
+            assert best.score >= threshold, (name, best)
+    with Collection.open(corel["plain"], embedder=embedder) as col:
+        plain = [col.search(queries / name, k=5, space="copy")[0] for name in pasted]
+    assert sum(hit.score >= threshold for hit in plain) < len(pasted)
 
 
 def test_verified_duplicates_hold_copies_not_other_shots_of_a_scene(
