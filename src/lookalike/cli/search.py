@@ -101,12 +101,14 @@ def search(
         ),
     ] = "image",
     verify: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--verify",
-            help="Re-rank by keypoint matching; the table and grid show verified and inliers.",
+            "--verify/--no-verify",
+            help="Check results by keypoint matching; the table and grid show verified and "
+            "inliers (--mode image: re-ranked; --mode copy: the first 3, folded into the copy "
+            "score). [on with --mode copy]",
         ),
-    ] = False,
+    ] = None,
     region: Annotated[
         str | None,
         typer.Option(
@@ -234,6 +236,8 @@ def search(
         validate.refuse("--explain says what a text query was understood as: it needs --text")
     if mode == "copy" and expand:
         validate.refuse("--mode copy compares the query itself: query expansion does not apply")
+    if verify is None:  # a copy search checks its first hits: within 400 ms, a better score
+        verify = mode == "copy" and bool(images)
     box = validate.parse_region(region) if region is not None else None
     if box is not None:
         validate.note(box.describe())

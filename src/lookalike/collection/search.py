@@ -95,7 +95,7 @@ class Searching:
         *,
         space: str = IMAGE_SPACE,
         expand: int | None = None,
-        verify: bool = False,
+        verify: bool | None = None,
         where: Where = None,
     ) -> list[SearchResult]:
         """The ``k`` images most similar to ``query``, best first (score = cosine similarity;
@@ -106,7 +106,8 @@ class Searching:
         :meth:`add_copy_space`), scored by the calibrated copy probability, the cosine kept in
         each hit's ``cosine``; ``verify=True`` checks the hits by keypoint matching and fills
         their ``verified``, ``inliers`` and ``region`` (in the copy space the first few, folded
-        into the score; in others every hit, re-ranked: ``lookalike.keypoints.rerank``).
+        into the score, and by default: ``verify=False`` skips it; in others every hit,
+        re-ranked, only when asked: ``lookalike.keypoints.rerank``).
         ``where``: only images that match this filter (:mod:`lookalike.collection.filters`),
         e.g. ``{"taken_after": "2021-05-01", "near": (48.85, 2.35, 10), "sku": "A-12"}``.
         """
@@ -115,7 +116,9 @@ class Searching:
         if space == COPY_SPACE:
             _no_expansion(expand)
             scoring = capability("copies.scoring")
-            return scoring.search_copies(self, query, k, verify=verify, where=allowed)
+            vector = isinstance(query, np.ndarray) and query.ndim == 1  # nothing to match
+            checked = verify is not False and not vector
+            return scoring.search_copies(self, query, k, verify=checked, where=allowed)
         results = self.search_vectors(
             self.embed([query], space), k, space=space, expand=expand, where=allowed
         )
