@@ -138,6 +138,26 @@ def test_inverted_index_is_exact_on_what_it_keeps(tmp_path) -> None:
     assert np.array_equal(again.search(queries, 5)[1], loaded.search(queries, 5)[1])
 
 
+def test_inverted_top_k_over_many_scores_is_exact() -> None:
+    """The top k of a million scores, found from a bound taken on a slice, equals a full sort
+    (ties by position, -inf never returned), including a slice that is all zeros or -inf."""
+    from lookalike.index.inverted import _top as top
+
+    rng = np.random.default_rng(3)
+    for case in range(6):
+        scores = np.round(rng.random(1_000_000), 3)  # many ties
+        if case == 1:
+            scores[:20_000] = 0.0  # a slice of zeros: the bound is 0
+        if case == 2:
+            scores[rng.random(len(scores)) < 0.5] = -np.inf  # dead positions
+        if case == 3:
+            scores[:] = -np.inf
+            scores[[5, 999_999]] = [0.2, 0.9]
+        want = np.lexsort((np.arange(len(scores)), -scores))[:10]
+        want = want[np.isfinite(scores[want])]
+        assert top(scores, 10).tolist() == want.tolist(), case
+
+
 def test_auto_over_a_sparse_space_is_inverted(tmp_path) -> None:
     index = create_index("auto", 200, sparse=12)
     index.add(np.arange(100), _sparse_data(100))

@@ -61,6 +61,8 @@ DEFAULT_TOP = 96
 MERGE_MIN = 1 << 16
 #: Rebuilt without dead positions once they are this fraction of all.
 REBUILD_DEAD = 0.25
+#: :func:`_top` bounds the k-th score from a slice when there are this many times 64 k scores.
+SAMPLED_TOP = 16
 
 
 class InvertedIndex:
@@ -368,8 +370,20 @@ def _sparse_rows(vectors: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first (ties: lower index first)."""
+    """Indices of the ``k`` largest finite scores, best first (ties: lower index first).
+
+    Over many scores, the ``k``-th largest of a slice (1/64th of them) bounds the whole's from
+    below, so only the few scores at or above it are sorted: exact, and about 10x cheaper than
+    partitioning a million scores (the text space at 1M images)."""
     k = min(k, len(scores))
+    if k and len(scores) >= SAMPLED_TOP * k * 64:
+        sample = scores[: len(scores) // 64]
+        sample = sample[np.isfinite(sample)]
+        if len(sample) >= k:
+            bound = np.partition(sample, len(sample) - k)[len(sample) - k]
+            candidates = np.flatnonzero(scores >= bound)
+            order = np.lexsort((candidates, -scores[candidates]))[:k]
+            return candidates[order]
     part = np.argpartition(scores, -k)[-k:] if len(scores) > k else np.arange(len(scores))
     order = np.lexsort((part, -scores[part]))
     part = part[order]
