@@ -22,7 +22,7 @@ def eval_(
             metavar="DATASET",
             callback=validate.existing_path,
             help="Evaluation set: class folders, query/ + gallery/, a flat UKBench folder, or a "
-            "'query,reference' pairs CSV.",
+            "'query,reference' pairs CSV; for --task words, a folder with words.csv.",
         ),
     ],
     collection: Annotated[
@@ -51,6 +51,15 @@ def eval_(
             help=f"One of {', '.join(LAYOUTS)} [detected].",
         ),
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            metavar="TASK",
+            callback=validate.choice("images", "words", what="task"),
+            help="images: find look-alikes (the layouts); words: find images by the words "
+            "written in them (DATASET holds words.csv: 'path,words').",
+        ),
+    ] = "images",
     as_json: JsonOpt = False,
     report: Annotated[
         Path | None,
@@ -62,21 +71,32 @@ def eval_(
         int, typer.Option(min=0, metavar="N", help="Worst queries to show in the report.")
     ] = 25,
 ) -> None:
-    """Measure retrieval quality on a labelled dataset: mAP, P@k, CMC, N-S, µAP, timings."""
+    """Measure retrieval quality on a labelled dataset: mAP, P@k, CMC, N-S, µAP, timings.
+    With --task words: finding images by the words in them (mAP, P@1, Recall@10, ms/query)."""
     from lookalike.evaluate.datasets import DatasetError
     from lookalike.evaluate.run import EvalError, evaluate
 
+    if task == "words" and layout is not None:
+        err.print("[red]error:[/red] --layout is for --task images; a words set is its words.csv")
+        raise typer.Exit(2)
     with errors():
         try:
-            with progress_bar("embedding") as bar:
-                result = evaluate(
-                    dataset,
-                    collection=collection,
-                    model=model,
-                    layout=layout,
-                    progress=bar,
-                    worst=worst,
-                )
+            with progress_bar("embedding" if task == "images" else "indexing") as bar:
+                if task == "words":
+                    from lookalike.evaluate.words import evaluate_words
+
+                    result = evaluate_words(
+                        dataset, collection=collection, model=model, progress=bar
+                    )
+                else:
+                    result = evaluate(
+                        dataset,
+                        collection=collection,
+                        model=model,
+                        layout=layout,
+                        progress=bar,
+                        worst=worst,
+                    )
         except (DatasetError, EvalError) as exc:
             # Dataset messages end with the list of layouts; the first line says what is wrong.
             first = str(exc).splitlines()[0]
@@ -131,14 +151,15 @@ def _print_eval(result) -> None:
             result.per_class.items(), key=lambda kv: (kv[1]["mAP"] != kv[1]["mAP"], kv[1]["mAP"])
         )
         shown = worst_first if len(worst_first) <= 20 else worst_first[:10]
+        unit = "word" if result.layout == "words" else "class"
         classes = Table(
-            title="per class"
+            title=f"per {unit}"
             + ("" if shown is worst_first else f" (10 worst of {len(worst_first)})"),
             title_justify="left",
             show_edge=False,
         )
         columns = list(shown[0][1])
-        classes.add_column("class")
+        classes.add_column(unit)
         for column in columns:
             classes.add_column(column, justify="right")
         for label, row in shown:
@@ -147,10 +168,16 @@ def _print_eval(result) -> None:
         out.print(classes)
     lat = result.latency
     out.print(f"indexing: {result.indexing['note']}")
-    out.print(
-        f"query latency ({lat['queries']} searches, embedding included): "
-        f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms on {result.device}"
-    )
+    if "mean_ms" in lat:  # the words task: no embedding in a query
+        out.print(
+            f"{lat['queries']} {lat['note']}: {lat['mean_ms']} ms per query, "
+            f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms"
+        )
+    else:
+        out.print(
+            f"query latency ({lat['queries']} searches, embedding included): "
+            f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms on {result.device}"
+        )
     for path, reason in result.skipped[:10]:
         out.print(f"  [yellow]unreadable, left out[/yellow] {path}: {reason}")
 

@@ -47,12 +47,14 @@ __all__ = [
     "LAYOUTS",
     "DatasetError",
     "EvalSet",
+    "WordsSet",
     "detect_layout",
     "load_eval_set",
     "load_folders",
     "load_pairs",
     "load_query_gallery",
     "load_ukbench",
+    "load_words",
 ]
 
 LAYOUTS: tuple[str, ...] = ("folders", "query-gallery", "ukbench", "pairs")
@@ -351,6 +353,87 @@ def load_pairs(csv_path: str | Path, references: str | Path | None = None) -> Ev
         for i, p in enumerate(paths)
     ]
     return EvalSet("pairs", csv_path, tuple(paths), tuple(labels), is_query, is_gallery, pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# Words in the pictures (``lookalike eval --task words``)
+# --------------------------------------------------------------------------------------------
+
+#: The ground truth of a words set, in its folder (or given as the CSV itself).
+WORDS_CSV = "words.csv"
+
+
+@dataclass(frozen=True, eq=False)
+class WordsSet:
+    """The images of a words evaluation set and the words each one shows.
+
+    Attributes:
+        root: the CSV of the ground truth.
+        paths: every image: those of the CSV's folder (recursively) and those the CSV names.
+        words: for each image, the words it shows, folded as search folds them (case, accents
+            and punctuation dropped); empty for an image without text.
+    """
+
+    root: Path
+    paths: tuple[Path, ...]
+    words: tuple[frozenset[str], ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def queries(self) -> dict[str, list[int]]:
+        """Each distinct word (sorted) -> the indices of the images that show it."""
+        out: dict[str, list[int]] = {}
+        for i, shown in enumerate(self.words):
+            for word in shown:
+                out.setdefault(word, []).append(i)
+        return dict(sorted(out.items()))
+
+
+def load_words(path: str | Path) -> WordsSet:
+    """A words evaluation set: a CSV ``path,words`` (a folder holding ``words.csv``, or the CSV
+    itself). Each row names an image (relative to the CSV's folder) and the words written in it,
+    separated by spaces; an image may have several rows. Every image of the CSV's folder the CSV
+    does not name shows no text (a distractor). Each distinct word is a query whose correct
+    answers are the images that show it.
+
+    Example (``signs/words.csv`` holds the row ``bus.jpg,Lisboa 2024``):
+        >>> ws = load_words("signs/")  # doctest: +SKIP
+        >>> ws.queries()["lisboa"]  # doctest: +SKIP
+        [0]
+
+    Raises:
+        DatasetError: no such CSV, a row that is not ``path,words``, an image it names is
+            missing, or no word at all.
+    """
+    from lookalike.words.match import fold
+
+    csv_path = Path(path)
+    if csv_path.is_dir():
+        csv_path = csv_path / WORDS_CSV
+    if not csv_path.is_file():
+        raise DatasetError(
+            f"{path}: no {WORDS_CSV}; a words set is a CSV 'path,words' (the words each image "
+            "shows, separated by spaces; paths relative to the CSV) beside its images"
+        )
+    base = csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [[c.strip() for c in row] for row in csv.reader(f)]
+    rows = [r for r in rows if any(r)]
+    if rows and [c.lower() for c in rows[0][:2]] == ["path", "words"]:
+        rows = rows[1:]
+    shown: dict[Path, set[str]] = {}
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2 or not row[0]:
+            raise DatasetError(f"{csv_path}: row {number} {row!r} is not 'path,words'")
+        image = (base / row[0]).resolve()
+        if not image.is_file():
+            raise DatasetError(f"{csv_path}: row {number}: {row[0]} does not exist")
+        shown.setdefault(image, set()).update(fold(" ".join(row[1:])).split())
+    if not any(shown.values()):
+        raise DatasetError(f"{csv_path}: no word in its 'path,words' rows")
+    paths = sorted(set(shown) | {p.resolve() for p in _images(base, recursive=True)})
+    return WordsSet(csv_path, tuple(paths), tuple(frozenset(shown.get(p, ())) for p in paths))
 
 
 def _relative(path: Path, base: Path) -> str:

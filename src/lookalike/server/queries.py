@@ -24,7 +24,14 @@ from lookalike.errors import (
 )
 from lookalike.images import decode, decode_cost
 from lookalike.models import ModelError
-from lookalike.server.shapes import clip_box, crop, hit_json, matches, record_json
+from lookalike.server.shapes import (
+    clip_box,
+    crop,
+    hit_json,
+    matches,
+    record_json,
+    words_json,
+)
 
 #: How many times more results a filtered search asks the index for.
 OVERFETCH = 10
@@ -138,6 +145,7 @@ class CatalogQueries:
         out = []
         for hit in hits[:k]:
             extra = {key: v for key, v in hit.to_dict().items() if key.startswith(("words", "sim"))}
+            extra["words"] = words_json(hit.words, hit.width, hit.height)
             out.append(hit_json(catalog_id, hit) | extra)
         return out
 

@@ -100,6 +100,30 @@ def image_json(catalog_id: str, image_id: int, width: int, height: int, metadata
     }
 
 
+def words_json(lines: Sequence[dict], width: int, height: int) -> list[dict]:
+    """The matched lines of a words search as the API shows them: each line's ``text``,
+    ``confidence``, ``box`` (its four corners in the image's pixels, clockwise from the text's
+    top-left), ``bbox`` (the upright rectangle around them, ``[x0, y0, x1, y1]``, inside the
+    image) and ``matched`` (which query words it matched, how and how well).
+
+    Example:
+        >>> words_json([{"text": "LISBOA", "confidence": 0.9, "box": [[20, 40], [200, 38],
+        ...     [201, 80], [21, 82]], "matched": []}], 480, 320)[0]["bbox"]
+        [20, 38, 201, 82]
+    """
+    out = []
+    for line in lines:
+        corners = [(float(x), float(y)) for x, y in line.get("box") or ()]
+        shown = dict(line)
+        if corners:
+            xs, ys = [x for x, _ in corners], [y for _, y in corners]
+            box = (min(xs), min(ys), max(xs), max(ys))
+            inside = clip_box(box, width, height) if width and height else box
+            shown["bbox"] = [round(v) for v in inside]
+        out.append(shown)
+    return out
+
+
 def hit_json(catalog_id: str, hit: SearchResult) -> dict:
     """A search hit: the image as the API shows it, with its score."""
     return {

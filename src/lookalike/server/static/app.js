@@ -393,10 +393,38 @@ function makeCard(item, withScore, badge = "") {
     score.textContent = badge || item.score.toFixed(3);
     caption.append(score);
   }
-  card.append(img, caption);
+  if (item.words && item.words.length && item.width && item.height) {
+    const thumb = document.createElement("span");
+    thumb.className = "thumb";
+    thumb.append(img, wordBoxes(item));
+    card.append(thumb, caption);
+  } else {
+    card.append(img, caption);
+  }
   card.addEventListener("click", () => openDetails(item));
   imageUrl(item.thumbnail).then((url) => { img.src = url; }).catch(() => {});
   return card;
+}
+
+// A words search's matched lines boxed over the thumbnail: an SVG whose viewBox is the image's
+// own pixels (the lines' corners as the server gives them), fitted to the thumbnail as the
+// thumbnail is to its square (object-fit: cover = preserveAspectRatio slice), so it follows any size.
+function wordBoxes(item) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "word-boxes");
+  svg.setAttribute("viewBox", `0 0 ${item.width} ${item.height}`);
+  svg.setAttribute("preserveAspectRatio", "xMidYMid slice");
+  svg.setAttribute("aria-hidden", "true");
+  for (const line of item.words) {
+    if (!line.box || line.box.length < 3) continue;
+    const shape = document.createElementNS(ns, "polygon");
+    shape.setAttribute("class", "word-box");
+    shape.setAttribute("points", line.box.map(([x, y]) => `${x},${y}`).join(" "));
+    shape.dataset.text = line.text;
+    svg.append(shape);
+  }
+  return svg;
 }
 
 async function showGrid(items, withScores) {
