@@ -172,7 +172,9 @@ def index(
     ):
         if exclude:
             col.set_excludes([*col.excludes, *exclude])
-        gains_regions = regions and "copy-window0" not in col.spaces()
+        if regions:
+            from lookalike.copies.scoring import region_spaces_of
+        gains_regions = regions and not region_spaces_of(col)
         if copy is not None and ("copy" not in col.spaces() or gains_regions):
             with progress_bar("copy vectors") as bar:  # an existing collection gains them
                 model_ = chosen or col.spaces().get("copy", {}).get("model", copy)

@@ -114,8 +114,7 @@ class Searching:
         self.index(space)  # a missing space fails here, before the model is loaded
         allowed = self.ids_where(where)  # a filter that cannot be read fails before embedding
         if space == COPY_SPACE:
-            _no_expansion(expand)
-            scoring = capability("copies.scoring")
+            scoring = _copy_scoring(expand)
             vector = isinstance(query, np.ndarray) and query.ndim == 1  # nothing to match
             checked = verify is not False and not vector
             return scoring.search_copies(self, query, k, verify=checked, where=allowed)
@@ -139,8 +138,7 @@ class Searching:
         allowed = self.ids_where(where)
         vectors = self.embed(queries, space)
         if space == COPY_SPACE:
-            _no_expansion(expand)
-            scoring = capability("copies.scoring")
+            scoring = _copy_scoring(expand)
             return [
                 scoring.search_copies(self, q, k, vector=v, where=allowed)
                 for q, v in zip(queries, vectors, strict=True)
@@ -206,8 +204,7 @@ class Searching:
         except KeyError:
             raise CollectionError(f"no image {image_id} in {self.path}") from None
         if space == COPY_SPACE:
-            _no_expansion(expand)
-            scoring = capability("copies.scoring")
+            scoring = _copy_scoring(expand)
             allowed = self.ids_where(where)
             windows = []  # the image's own windows, when the collection describes them
             for space in scoring.region_spaces_of(self):
@@ -371,10 +368,12 @@ class Searching:
         ]
 
 
-def _no_expansion(expand: int | None) -> None:
-    """Copy search compares the query itself: query expansion would blur an edited copy."""
+def _copy_scoring(expand: int | None):
+    """``lookalike.copies.scoring``, which searches the copy space; it compares the query
+    itself, so query expansion (which would blur an edited copy) is refused."""
     if expand:
         raise CollectionError("the copy space is searched without query expansion: drop expand")
+    return capability("copies.scoring")
 
 
 def _without(

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from lookalike.collection.manifest import COPY_SPACE
-from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any, in_original
+from lookalike.keypoints.rerank import VERIFY_SIDE, decode_any, in_original, query_image
 from lookalike.keypoints.verify import Features, contained, extract, verify
 from lookalike.models.sscd import WINDOWS
 
@@ -216,7 +216,9 @@ def verify_hits(
     them by the verified model, and sort every hit by P(copy). ``query``: a path, bytes, PIL
     image or pixel array (not a vector). Hits must carry ``cosine`` (:func:`score_hits`)."""
     depth = cal.depth if depth is None else depth
-    image = _query_image(query)
+    image = query_image(query)
+    if isinstance(image, np.ndarray):  # mirrored below
+        image = Image.fromarray(image)
     features = extract(image)
     mirror: list[Features] = []
 
@@ -236,18 +238,6 @@ def verify_hits(
             hit.cosine_or_score(), kth, outcome.verified, outcome.inliers, outcome.area
         )
     return sorted(hits, key=lambda h: -h.score)
-
-
-def _query_image(query: object) -> Image.Image:
-    from lookalike.images import decode
-
-    if isinstance(query, Image.Image):
-        return query.convert("RGB")
-    if isinstance(query, np.ndarray):
-        if query.ndim == 1:
-            raise ValueError("verification needs the query image, not a vector")
-        return Image.fromarray(query)
-    return decode(query, min_side=VERIFY_SIDE)
 
 
 def search_copies(
@@ -276,7 +266,11 @@ def search_copies(
     vector = np.asarray(vector, np.float32).reshape(1, -1)
     if windows is None and isinstance(image, Image.Image):
         windows = query_windows(col, image)
-    wanted = max(k, cal.rank + NORMALISER_SLACK)
+    # The normaliser comes from the whole collection; without a filter, the same search also
+    # gives the hits.
+    wanted = (
+        cal.rank + NORMALISER_SLACK if where is not None else max(k, cal.rank + NORMALISER_SLACK)
+    )
     others = candidates(col, vector, wanted, exclude=exclude, windows=windows)
     kth = cal.kth([h.score for h in others])
     if where is not None:
@@ -327,12 +321,12 @@ def candidates(
     pasted into another picture matches through a window of the query."""
     searches = [(COPY_SPACE, vector, 0.0)]
     searches += [(space, vector, WINDOW_MARGIN) for space in region_spaces_of(col)]
-    if windows is not None:
-        searches += [(COPY_SPACE, w[None], WINDOW_MARGIN) for w in windows]
+    if windows is not None:  # the query's windows: one batch against the whole images
+        searches.append((COPY_SPACE, np.asarray(windows, np.float32), WINDOW_MARGIN))
     found = {}
-    for space, query, margin in searches:
-        hits = col.search_vectors(query, k, space=space, expand=0, where=where, exclude=exclude)[0]
-        for hit in hits:
+    for space, queries, margin in searches:
+        rows = col.search_vectors(queries, k, space=space, expand=0, where=where, exclude=exclude)
+        for hit in (hit for row in rows for hit in row):
             hit.score -= margin
             if hit.id not in found or hit.score > found[hit.id].score:
                 found[hit.id] = hit

@@ -49,7 +49,6 @@ __all__ = [
     "REGION_SPACES",
     "add_copy_space",
     "incomplete",
-    "region_spaces",
 ]
 
 #: The copy model of ``lookalike index --copy``: Meta's SSCD (int8, 288x288 squashed), the
@@ -99,11 +98,6 @@ class CopySpaceReport:
             "missing": self.missing,
             "seconds": round(self.seconds, 3),
         }
-
-
-def region_spaces(col: Collection) -> list[str]:
-    """The region spaces of ``col``'s copy space (``copy-window0`` ...), empty without them."""
-    return [name for name in REGION_SPACES if name in col.spaces()]
 
 
 def add_copy_space(

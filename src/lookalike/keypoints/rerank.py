@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from lookalike.images import ImageError, decode
 from lookalike.keypoints.verify import Features, extract, verify
@@ -56,13 +57,23 @@ def in_original(
     return (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
 
 
+def query_image(query: object) -> Image.Image | np.ndarray:
+    """A query (path, bytes, PIL image or pixel array) as verification reads it: decoded upright
+    at :data:`VERIFY_SIDE`, a pixel array as it is.
+
+    Raises:
+        ValueError: a vector, which has no keypoints.
+    """
+    if isinstance(query, np.ndarray):
+        if query.ndim == 1:
+            raise ValueError("verification needs the query image, not a vector")
+        return query
+    return decode(query, min_side=VERIFY_SIDE)
+
+
 def query_features(query: object) -> Features:
     """RootSIFT features of a query (path, bytes, PIL image or pixel array), computed once."""
-    if isinstance(query, np.ndarray) and query.ndim == 1:
-        raise ValueError("verification needs the query image, not a vector")
-    if isinstance(query, np.ndarray):
-        return extract(query)
-    return extract(decode(query, min_side=VERIFY_SIDE))
+    return extract(query_image(query))
 
 
 def verify_results(
