@@ -500,6 +500,17 @@ def _scan(
     return scores, found
 
 
+def allowed_first(
+    scores: np.ndarray, found: np.ndarray, keep: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``width`` results of each row that ``keep`` allows, in their order; the slots
+    left over are -inf / -1."""
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    kept = np.take_along_axis(keep, order, 1)
+    out_scores = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32)
+    return out_scores, np.where(kept, np.take_along_axis(found, order, 1), -1)
+
+
 def _post_filtered(
     index: object, queries: np.ndarray, k: int, selection: Selection
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -509,13 +520,9 @@ def _post_filtered(
     size = len(index)  # type: ignore[arg-type]
     depth = min(size, math.ceil(POST_DEPTH * k * size / max(len(selection), 1)))
     scores, found = index.search(queries, max(depth, k))  # type: ignore[attr-defined]
-    keep = selection.allows(found)
     width = max(1, min(k, len(selection), found.shape[1]))
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    kept = np.take_along_axis(keep, order, 1)
-    out_scores = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32)
-    out_ids = np.where(kept, np.take_along_axis(found, order, 1), -1)
-    short = np.flatnonzero(kept.sum(axis=1) < width)
+    out_scores, out_ids = allowed_first(scores, found, selection.allows(found), width)
+    short = np.flatnonzero((out_ids >= 0).sum(axis=1) < width)
     if len(short):
         again_scores, again_ids = index.search(  # type: ignore[attr-defined]
             queries[short], width, allowed=selection.ids

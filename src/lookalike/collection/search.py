@@ -36,6 +36,7 @@ from lookalike.collection.filters import (
     Selection,
     Selections,
     Where,
+    allowed_first,
     conditions,
     search_selected,
 )
@@ -297,10 +298,7 @@ class Searching:
             scores, ids = index.search(queries, min(depth, total))
             keep = np.isin(ids, allowed) & (ids >= 0)
             if (keep.sum(axis=1) >= k).all() or depth >= total:
-                order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-                kept = np.take_along_axis(keep, order, 1)
-                ids = np.where(kept, np.take_along_axis(ids, order, 1), -1)
-                return np.take_along_axis(scores, order, 1), ids
+                return allowed_first(scores, ids, keep, k)
         if not projected:
             queries = self.project(queries, space)
         if len(allowed) and self.spaces_missing().get(space):  # e.g. an incomplete copy space
